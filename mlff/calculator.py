@@ -1,0 +1,156 @@
+"""MLFFCalculator: the ASE calculator. Converts atoms to a graph, calls the model, converts back."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mlff.covariance import CovarianceResult, check_covariance
+from mlff.errors import CovarianceError
+from mlff.files import load_model
+from mlff.forces import evaluate
+from mlff.graph import graph_from_atoms
+from mlff.model import ForceField
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU on this machine")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float64"``/``"float32"`` (or the torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def prepare_model(
+    model: ForceField | str | os.PathLike, device: str | torch.device, dtype: str | torch.dtype
+) -> ForceField:
+    """A model (loaded from a path, or a copy of the object) on ``device`` in ``dtype``, eval."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, device=device)
+    elif not isinstance(model, ForceField):
+        raise TypeError(f"model must be a ForceField or a path, got {type(model).__name__}")
+    elif model.dtype != dtype or model.device != device:
+        model = copy.deepcopy(model)
+    model = model.to(device=device, dtype=dtype).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+class MLFFCalculator(Calculator):
+    """ASE calculator for mlff models: energy, free_energy, energies, forces, stress.
+
+    Args:
+        model: a :class:`~mlff.model.ForceField` or the path of a saved model file.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        dtype: "float64" (default; relaxations and checks) or "float32" (faster MD).
+        check_covariance_every: run the rotational covariance check every N calculations
+            (0 = never); results are kept in ``covariance_results``.
+        covariance_tolerance: relative force tolerance (default by dtype).
+        on_covariance_failure: "warn" or "raise" (:class:`~mlff.errors.CovarianceError`).
+        seed: seed of the random rotations.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        model: ForceField | str | os.PathLike,
+        device: str = "auto",
+        dtype: str = "float64",
+        check_covariance_every: int = 0,
+        covariance_tolerance: float | None = None,
+        on_covariance_failure: str = "warn",
+        seed: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(check_covariance_every) < 0:
+            raise ValueError(f"check_covariance_every must be >= 0, got {check_covariance_every}")
+        if on_covariance_failure not in ("warn", "raise"):
+            raise ValueError(
+                f"on_covariance_failure must be 'warn' or 'raise', got {on_covariance_failure!r}"
+            )
+        self.model = prepare_model(model, device, dtype)
+        self.check_covariance_every = int(check_covariance_every)
+        self.covariance_tolerance = covariance_tolerance
+        self.on_covariance_failure = on_covariance_failure
+        self.covariance_results: list[CovarianceResult] = []
+        self.n_calculations = 0
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(np.any(atoms.pbc))
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                "stress is defined only for periodic cells; this structure has pbc=False"
+            )
+        graph = graph_from_atoms(atoms, self.model.cutoff)
+        out = evaluate(self.model, graph, compute_forces=True, compute_stress=periodic)
+        energy = float(out["energy"].item())
+        forces = out["forces"].detach().cpu().double().numpy()
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out["energies"].detach().cpu().numpy(),
+            "forces": forces,
+        }
+        if periodic:
+            stress = out["stress"][0].detach().cpu().double().numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        self.n_calculations += 1
+        every = self.check_covariance_every
+        if every and self.n_calculations % every == 0:
+            self.run_covariance_check(reference=(energy, forces))
+
+    def run_covariance_check(
+        self, reference: tuple[float, np.ndarray] | None = None, reflection: bool = False
+    ) -> CovarianceResult:
+        """Check the model at the current atoms now; warn or raise on failure as configured."""
+        if self.atoms is None:
+            raise ValueError("no structure has been calculated yet")
+        result = check_covariance(
+            self.model,
+            self.atoms,
+            rng=self._rng,
+            reflection=reflection,
+            force_tolerance=self.covariance_tolerance,
+            reference=reference,
+        )
+        self.covariance_results.append(result)
+        if not result.passed:
+            if self.on_covariance_failure == "raise":
+                raise CovarianceError(result.describe())
+            warnings.warn(result.describe(), RuntimeWarning, stacklevel=2)
+        return result

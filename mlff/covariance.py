@@ -1,0 +1,118 @@
+"""Runtime rotational covariance check: is ``F(R x) == R F(x)`` and ``E(R x) == E(x)``?
+
+Rotate the structure (positions and cell) by a random orthogonal matrix R (a proper rotation, or a
+rotation times an inversion), evaluate the model again and report
+
+    force_error  = max |F(R x) - R F(x)| / max |F(x)|   (relative, dimensionless)
+    energy_error = |E(R x) - E(x)| / n_atoms            (eV/atom)
+
+against a tolerance that depends on the dtype the model runs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import ase
+import numpy as np
+import torch
+
+from mlff.forces import evaluate
+from mlff.graph import graph_from_atoms
+
+# (relative force error, energy error in eV/atom) allowed per dtype
+DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-8, 1e-9),
+    torch.float32: (2e-3, 1e-4),
+}
+
+
+@dataclass
+class CovarianceResult:
+    """One check: errors, the tolerances they were held to, and whether they passed."""
+
+    force_error: float
+    energy_error_per_atom: float
+    force_tolerance: float
+    energy_tolerance: float
+    reflection: bool
+    dtype: str
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.force_error <= self.force_tolerance
+            and self.energy_error_per_atom <= self.energy_tolerance
+        )
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def describe(self) -> str:
+        kind = "rotation+reflection" if self.reflection else "rotation"
+        verdict = "ok" if self.passed else "FAILED"
+        return (
+            f"covariance check ({kind}, {self.dtype}) {verdict}: force error "
+            f"{self.force_error:.2e} (tol {self.force_tolerance:.0e}), energy error "
+            f"{self.energy_error_per_atom:.2e} eV/atom (tol {self.energy_tolerance:.0e})"
+        )
+
+
+def random_rotation(rng: np.random.Generator, reflection: bool = False) -> np.ndarray:
+    """A uniformly random 3x3 rotation matrix (QR of a Gaussian matrix), optionally inverted."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return -q if reflection else q
+
+
+def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
+    """(relative force tolerance, energy tolerance in eV/atom) for a model running in ``dtype``."""
+    return DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES[torch.float32])
+
+
+def _energy_forces(model, atoms: ase.Atoms) -> tuple[float, np.ndarray]:
+    graph = graph_from_atoms(atoms, model.cutoff)
+    out = evaluate(model, graph, compute_forces=True)
+    return float(out["energy"].item()), out["forces"].detach().cpu().double().numpy()
+
+
+def check_covariance(
+    model,
+    atoms: ase.Atoms,
+    rng: np.random.Generator | None = None,
+    reflection: bool = False,
+    force_tolerance: float | None = None,
+    energy_tolerance: float | None = None,
+    reference: tuple[float, np.ndarray] | None = None,
+    rotation: np.ndarray | None = None,
+) -> CovarianceResult:
+    """Compare the model at ``atoms`` and at a randomly rotated copy.
+
+    ``reference`` = (energy eV, forces (n, 3) eV/Å) at ``atoms`` when already computed.
+    ``rotation`` fixes R instead of drawing it from ``rng``.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    default_force, default_energy = default_tolerances(model.dtype)
+    force_tolerance = default_force if force_tolerance is None else float(force_tolerance)
+    energy_tolerance = default_energy if energy_tolerance is None else float(energy_tolerance)
+    energy, forces = reference if reference is not None else _energy_forces(model, atoms)
+    if rotation is None:
+        rotation = random_rotation(rng, reflection)
+    rotated = atoms.copy()
+    rotated.calc = None
+    rotated.set_positions(atoms.get_positions() @ rotation.T)
+    rotated.set_cell(np.asarray(atoms.get_cell()) @ rotation.T, scale_atoms=False)
+    rotated_energy, rotated_forces = _energy_forces(model, rotated)
+    scale = max(float(np.abs(forces).max()), 1e-12) if forces.size else 1.0
+    force_error = float(np.abs(rotated_forces - forces @ rotation.T).max()) / scale
+    energy_error = abs(rotated_energy - energy) / len(atoms)
+    return CovarianceResult(
+        force_error=force_error,
+        energy_error_per_atom=energy_error,
+        force_tolerance=force_tolerance,
+        energy_tolerance=energy_tolerance,
+        reflection=bool(np.linalg.det(rotation) < 0),
+        dtype=str(model.dtype).replace("torch.", ""),
+    )

@@ -1,0 +1,76 @@
+"""Where energy becomes forces and stress: one autograd pass through positions and a strain.
+
+Positions and cell are deformed by a symmetric strain ``eps`` (zero-valued, differentiable):
+``x' = x (1 + eps)``, ``cell' = cell (1 + eps)``. Then
+
+    forces = -dE/dx            (n_atoms, 3) eV/Å
+    stress = (1/V) dE/d(eps)   (n_graphs, 3, 3) eV/Å³, ASE's sign (positive = tensile)
+
+both from a single ``torch.autograd.grad`` call. ``create_graph=True`` keeps the graph for
+training on forces; evaluation leaves it off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mlff.graph import AtomicGraph
+
+
+def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+    """(n_edges, 3) Å: ``x_j - x_i + S @ cell`` for each edge of ``graph``."""
+    centre, neighbour = graph.edge_index[0], graph.edge_index[1]
+    vectors = positions[neighbour] - positions[centre]
+    if graph.n_graphs == 1:
+        return vectors + graph.edge_shifts @ cell[0]
+    edge_cells = cell[graph.batch[centre]]
+    return vectors + torch.einsum("ek,ekl->el", graph.edge_shifts, edge_cells)
+
+
+def evaluate(
+    model,
+    graph: AtomicGraph,
+    compute_forces: bool = True,
+    compute_stress: bool = False,
+    create_graph: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` (a :class:`~mlff.model.ForceField`) on ``graph``.
+
+    Returns ``energy`` (n_graphs,) eV float64, ``energies`` (n_atoms,) eV float64, and when asked
+    ``forces`` (n_atoms, 3) eV/Å and ``stress`` (n_graphs, 3, 3) eV/Å³ in the model's dtype
+    (stress is zero for structures without a periodic cell volume).
+    """
+    dtype = model.dtype
+    graph = graph.to(model.device, dtype)
+    species = model.species_index(graph.numbers)
+    positions = graph.positions
+    cell = graph.cell
+    inputs: list[torch.Tensor] = []
+    if compute_forces:
+        positions = positions.detach().requires_grad_(True)
+        inputs.append(positions)
+    if compute_stress:
+        strain = torch.zeros_like(cell, requires_grad=True)
+        inputs.append(strain)
+        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph.batch])
+        cell = cell + torch.bmm(cell, symmetric)
+    vectors = edge_vectors(positions, cell, graph)
+    energies = model.atomic_energies(species, graph.edge_index, vectors)
+    energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
+    energy = energy.index_add(0, graph.batch, energies)
+    results = {"energy": energy, "energies": energies}
+    if not inputs:
+        return results
+    gradients = torch.autograd.grad(
+        energy.sum(), inputs, create_graph=create_graph, allow_unused=True
+    )
+    gradients = [torch.zeros_like(x) if g is None else g for g, x in zip(gradients, inputs)]
+    if compute_forces:
+        results["forces"] = -gradients[0]
+    if compute_stress:
+        volume = graph.volumes().to(dtype)
+        safe_volume = torch.where(volume > 0, volume, torch.ones_like(volume))
+        stress = gradients[-1] / safe_volume.view(-1, 1, 1)
+        results["stress"] = torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))
+    return results

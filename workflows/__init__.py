@@ -1,0 +1,1 @@
+"""The ``mlff`` command line: train, eval, md, relax, check, bench."""
