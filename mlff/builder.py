@@ -1,10 +1,11 @@
 """``build_model``: the one place a ForceField is assembled from plain arguments.
 
 Hyperparameters are routed by name: keys starting with ``encoder_`` go to the encoder (prefix
-removed), ``reference_energies``/``energy_scale``/``energy_shift`` to the ForceField, and every other
-key to the potential. ``avg_num_neighbors`` goes to the potential (and to the encoder when it
-takes one). Unknown keys are refused with the list of valid ones. The resolved arguments are
-stored in ``model.config`` and in saved model files, so a file rebuilds the same model.
+removed), ``reference_energies``/``energy_scale``/``energy_shift`` to the ForceField, and
+every other key to the potential. ``avg_num_neighbors`` goes to the potential (and to the
+encoder when it takes one). Unknown keys are refused with the list of valid ones. The resolved
+arguments are stored in ``model.config`` and in saved model files, so a file rebuilds
+the same model.
 """
 
 from __future__ import annotations

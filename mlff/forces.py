@@ -65,7 +65,9 @@ def evaluate(
     gradients = torch.autograd.grad(
         energy.sum(), inputs, create_graph=create_graph, allow_unused=True
     )
-    gradients = [torch.zeros_like(x) if g is None else g for g, x in zip(gradients, inputs)]
+    gradients = [
+        torch.zeros_like(x) if g is None else g for g, x in zip(gradients, inputs, strict=True)
+    ]
     if compute_forces:
         results["forces"] = -gradients[0]
     if compute_stress:

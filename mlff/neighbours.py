@@ -1,4 +1,4 @@
-"""Neighbour lists with periodic images: every pair (i, j, S) with ``|x_j - x_i + S @ cell| < cutoff``.
+"""Neighbour lists with periodic images: all (i, j, S) with ``|x_j - x_i + S @ cell| < cutoff``.
 
 vesin (a C++ cell-list code) does the work; ASE's ``primitive_neighbor_list`` is the fallback for
 what vesin refuses. Both give full lists (both directions), an atom's own images included when the

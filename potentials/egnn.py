@@ -6,8 +6,9 @@ Each :class:`EquivariantGraphConv` (the paper's E_GCL) computes, for every edge 
 
 with ``rbf`` a Bessel expansion of the current distance, ``a_ij`` optional edge attributes (the
 encoder's pair features), and ``u`` the polynomial cutoff envelope of the *input* distance, so
-every edge term vanishes smoothly at the cutoff. Nodes update as ``h_i += phi_h(h_i, sum_j m_ij / n)``
-with ``n`` the average neighbour count. With ``coordinate_updates=True`` positions move as
+every edge term vanishes smoothly at the cutoff. Nodes update as
+``h_i += phi_h(h_i, sum_j m_ij / n)`` with ``n`` the average neighbour count. With
+``coordinate_updates=True`` positions move as
 ``x_i += sum_j (x_i - x_j) / (d_ij + 1) * phi_x(m_ij) / n`` (normalised as in EDM); the moved
 positions only change the distances the next layer sees, and the energy is read from the
 invariant ``h`` alone, so it stays E(3)-invariant.

@@ -9,7 +9,7 @@ An **encoder** turns species and local geometry into invariant features::
     edge_vectors   (n_edges, 3)    Å, x_j - x_i including the periodic image shift
     edge_lengths   (n_edges,)      Å, norm of edge_vectors (> 0)
     node_features  (n_atoms, encoder.node_features_out)    invariant
-    edge_features  (n_edges, encoder.edge_features_out) invariant, or None when edge_features_out == 0
+    edge_features  (n_edges, encoder.edge_features_out) invariant; None if edge_features_out == 0
 
 A **potential** turns those features and the geometry into per-atom energies::
 
