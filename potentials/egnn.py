@@ -68,7 +68,11 @@ class EquivariantGraphConv(nn.Module):
         if self.coordinate_mlp is None:
             return h, None
         # (x_i - x_j) = -edge_vectors; EDM normalisation by (d_ij + 1)
-        weights = self.coordinate_mlp(message) / (edge_lengths.unsqueeze(-1) + 1.0)
+        # phi_x(0) != 0, so the envelope must multiply here too, or an edge leaving the cutoff
+        # would still pull its atoms
+        weights = self.coordinate_mlp(message) * (
+            envelope.unsqueeze(-1) / (edge_lengths.unsqueeze(-1) + 1.0)
+        )
         shift = scatter_sum(-edge_vectors * weights, centre, h.shape[0]) * inv_avg_neighbors
         return h, shift
 

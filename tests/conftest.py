@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny models with randomised weights and small test structures (float64)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+from mlff import build_model
+
+# ../shared/data beside the checkout; tests that read it skip when it is absent
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# (potential, encoder, hyperparameters) of the tiny models every physics test runs on
+MODEL_CONFIGS = {
+    "egnn": ("egnn", "none", {"features": 16, "num_layers": 2}),
+    "egnn-fixed-coords": (
+        "egnn",
+        "none",
+        {"features": 16, "num_layers": 2, "coordinate_updates": False},
+    ),
+}
+
+
+def randomise(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
+    """Perturb every weight so outputs and forces are O(1): a symmetry bug cannot hide in zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.add_(scale * noise)
+    return model
+
+
+def tiny_model(name: str, elements=("H", "C", "O"), cutoff: float = 3.5, seed: int = 0):
+    potential, encoder, hyper = MODEL_CONFIGS[name]
+    torch.manual_seed(seed)
+    model = build_model(
+        potential=potential, encoder=encoder, elements=list(elements), cutoff=cutoff, **hyper
+    )
+    return randomise(model.to(torch.float64), seed).eval()
+
+
+@pytest.fixture(params=sorted(MODEL_CONFIGS))
+def model_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(model_name):
+    return tiny_model(model_name)
+
+
+def ethanol() -> Atoms:
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+def triclinic_cell(seed: int = 3) -> Atoms:
+    """Six H/C/O atoms in a small triclinic cell (atoms see their own periodic images)."""
+    rng = np.random.default_rng(seed)
+    cell = np.array([[4.2, 0.0, 0.0], [0.9, 4.6, 0.0], [-0.7, 0.6, 4.9]])
+    while True:
+        fractional = rng.uniform(size=(6, 3))
+        atoms = Atoms("HCOHCO", scaled_positions=fractional, cell=cell, pbc=True)
+        distances = atoms.get_all_distances(mic=True)
+        if distances[np.triu_indices(6, 1)].min() > 1.0:
+            return atoms
+
+
+@pytest.fixture(params=["molecule", "triclinic"])
+def structure(request) -> Atoms:
+    return ethanol() if request.param == "molecule" else triclinic_cell()

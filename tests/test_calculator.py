@@ -1,0 +1,129 @@
+"""MLFFCalculator: ASE properties, numeric checks, optimisers and MD, errors at the boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS
+
+from mlff import MLFFCalculator, StructureError, UnknownElementError, build_model, save_model
+from tests.conftest import ethanol, tiny_model, triclinic_cell
+
+
+@pytest.fixture
+def calc():
+    return MLFFCalculator(tiny_model("egnn"), device="cpu", dtype="float64")
+
+
+def test_readme_example_runs_from_a_saved_file(tmp_path):
+    model = build_model(potential="egnn", encoder="none", elements=["H", "C", "O"], cutoff=5.0)
+    save_model(model, tmp_path / "model.pt")
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = MLFFCalculator(str(tmp_path / "model.pt"))
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_forces().shape == (9, 3)
+
+
+def test_properties_are_consistent(calc):
+    atoms = triclinic_cell()
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    assert atoms.get_potential_energy(force_consistent=True) == energy
+    assert atoms.get_potential_energies().sum() == pytest.approx(energy, abs=1e-10)
+    assert atoms.get_stress().shape == (6,)
+    assert atoms.get_stress(voigt=False).shape == (3, 3)
+
+
+def test_forces_pass_ase_numeric_check(calc):
+    atoms = ethanol()
+    atoms.calc = calc
+    numeric = calculate_numerical_forces(atoms, eps=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(), numeric, atol=1e-6)
+
+
+def test_stress_passes_ase_numeric_check(calc):
+    atoms = triclinic_cell()
+    atoms.calc = calc
+    numeric = calculate_numerical_stress(atoms, eps=1e-5)
+    np.testing.assert_allclose(atoms.get_stress(), numeric, atol=1e-7)
+
+
+def test_stress_of_a_molecule_is_a_clear_error(calc):
+    atoms = ethanol()
+    atoms.calc = calc
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        atoms.get_stress()
+
+
+def test_unknown_element_names_it_and_the_model_elements(calc):
+    atoms = Atoms("CuH", positions=[[0, 0, 0], [1.5, 0, 0]])
+    atoms.calc = calc
+    with pytest.raises(UnknownElementError, match="Cu not known.*H, C, O"):
+        atoms.get_potential_energy()
+
+
+def test_nan_positions_and_zero_volume_are_clear_errors(calc):
+    atoms = ethanol()
+    atoms.positions[3, 1] = np.nan
+    atoms.calc = calc
+    with pytest.raises(StructureError, match="atom 3 is not finite"):
+        atoms.get_potential_energy()
+    flat = Atoms("H2", positions=[[0, 0, 0], [1, 0, 0]], cell=[[2, 0, 0], [0, 2, 0], [0, 0, 0]])
+    flat.pbc = True
+    flat.calc = calc
+    with pytest.raises(StructureError, match="zero length|zero volume"):
+        flat.get_potential_energy()
+
+
+def test_bad_options():
+    model = tiny_model("egnn")
+    with pytest.raises(ValueError, match="dtype"):
+        MLFFCalculator(model, dtype="float16")
+    with pytest.raises(ValueError, match="on_covariance_failure"):
+        MLFFCalculator(model, on_covariance_failure="ignore")
+
+
+def test_calculator_does_not_change_the_users_model():
+    model = tiny_model("egnn")
+    MLFFCalculator(model, dtype="float32")
+    assert model.dtype.is_floating_point and str(model.dtype) == "torch.float64"
+
+
+def test_float32_calculator_close_to_float64():
+    model = tiny_model("egnn")
+    atoms = triclinic_cell()
+    atoms.calc = MLFFCalculator(model, dtype="float64")
+    f64 = atoms.get_forces()
+    atoms.calc = MLFFCalculator(model, dtype="float32")
+    f32 = atoms.get_forces()
+    assert f32.dtype == np.float64
+    np.testing.assert_allclose(f32, f64, atol=1e-3 * np.abs(f64).max())
+
+
+def test_works_with_ase_optimiser_and_md():
+    atoms = ethanol()
+    atoms.calc = MLFFCalculator(tiny_model("egnn", cutoff=3.0, seed=2))
+    start = np.abs(atoms.get_forces()).max()
+    BFGS(atoms, logfile=None).run(fmax=1e-9, steps=5)
+    assert np.abs(atoms.get_forces()).max() < start
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.calc = MLFFCalculator(build_model(elements=["Cu"], cutoff=4.0, features=8, num_layers=1))
+    VelocityVerlet(cu, timestep=1.0 * units.fs, logfile=None).run(5)
+    assert np.isfinite(cu.get_potential_energy())
+
+
+def test_covariance_check_every_n_calls():
+    atoms = ethanol()
+    calc = MLFFCalculator(tiny_model("egnn"), check_covariance_every=2, seed=0)
+    atoms.calc = calc
+    for step in range(4):
+        atoms.positions[0, 0] += 0.01 * step
+        atoms.get_forces()
+    assert len(calc.covariance_results) == 2
+    assert all(result.passed for result in calc.covariance_results)
+    assert calc.covariance_results[0].force_tolerance == 1e-8
