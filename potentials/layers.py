@@ -39,7 +39,8 @@ class PolynomialEnvelope(nn.Module):
             + p * (p + 2) * x.pow(p + 1)
             - 0.5 * p * (p + 1) * x.pow(p + 2)
         )
-        return torch.where(x < 1.0, value, torch.zeros_like(value))
+        # float32 rounding of the expanded polynomial dips ~1e-6 below zero just inside the cutoff
+        return torch.where(x < 1.0, value.clamp_min(0.0), torch.zeros_like(value))
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff}, p={self.p}"
@@ -87,7 +88,8 @@ class GaussianBasis(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         z = (r.unsqueeze(-1) - self.means) / self.widths.abs().clamp_min(1e-3)
-        return torch.exp(-0.5 * z * z)
+        # capping the exponent at 80 (e^-80 ~ 1e-35) keeps float32 out of slow denormals
+        return torch.exp(-0.5 * (z * z).clamp_max(160.0))
 
 
 def mlp(
