@@ -18,6 +18,11 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # (potential, encoder, hyperparameters) of the tiny models every physics test runs on
 MODEL_CONFIGS = {
     "egnn": ("egnn", "none", {"features": 16, "num_layers": 2}),
+    "egnn+unimol": (
+        "egnn",
+        "unimol",
+        {"features": 16, "num_layers": 2, "encoder_num_layers": 2, "encoder_pair_features": 8},
+    ),
     "egnn-fixed-coords": (
         "egnn",
         "none",

@@ -54,8 +54,9 @@ def test_permutation(model, structure):
 
 def test_forces_match_finite_differences(model, structure):
     analytic = predict(model, structure).forces
-    numeric = finite_difference_forces(model, structure, delta=1e-4)
-    np.testing.assert_allclose(analytic, numeric, atol=1e-6, rtol=0)
+    # central differences err by O(delta^2 F'''), large for randomised weights: a small delta
+    numeric = finite_difference_forces(model, structure, delta=2e-6)
+    np.testing.assert_allclose(analytic, numeric, atol=1e-6 * max(1.0, np.abs(analytic).max()))
 
 
 def test_stress_matches_finite_strain(model):
