@@ -23,6 +23,19 @@ MODEL_CONFIGS = {
         "unimol",
         {"features": 16, "num_layers": 2, "encoder_num_layers": 2, "encoder_pair_features": 8},
     ),
+    "tfn-l1": ("tfn", "none", {"features": 8, "num_layers": 2, "l_max": 1}),
+    "tfn-l2": ("tfn", "none", {"features": 8, "num_layers": 2, "l_max": 2}),
+    "tfn-l1-attention": ("tfn", "none", {"features": 8, "num_layers": 2, "attention": True}),
+    "tfn-l2-attention": (
+        "tfn",
+        "none",
+        {"features": 8, "num_layers": 2, "l_max": 2, "attention": True},
+    ),
+    "tfn+unimol": (
+        "tfn",
+        "unimol",
+        {"features": 8, "num_layers": 2, "encoder_features": 16, "encoder_pair_features": 8},
+    ),
     "egnn-fixed-coords": (
         "egnn",
         "none",
