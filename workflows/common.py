@@ -154,3 +154,47 @@ def _jsonable(value: Any):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_calculator(model: str | Path, device: str = "auto", dtype: str = "float64", **kwargs):
+    """An MLFFCalculator for the model file ``model`` (one-line errors name the file)."""
+    from mlff.calculator import MLFFCalculator
+
+    return MLFFCalculator(str(model), device=device, dtype=dtype, **kwargs)
+
+
+def check_elements(atoms, calculator, where: str) -> None:
+    """Raise ``UnknownElementError`` naming ``where`` for elements of ``atoms`` the model lacks."""
+    from mlff.errors import UnknownElementError
+
+    known = set(calculator.model.elements)
+    unknown = sorted(set(atoms.get_chemical_symbols()) - known)
+    if unknown:
+        raise UnknownElementError(
+            f"{where}: element(s) {', '.join(unknown)} not known to the model, "
+            f"which was built for {', '.join(calculator.model.elements)}"
+        )
+
+
+# below this many atoms torch's intra-op threads cost more than they give on a CPU
+SMALL_SYSTEM_ATOMS = 1000
+
+
+def set_threads(threads: int | None, n_atoms: int | None = None) -> None:
+    """Set torch's CPU threads: ``threads`` when given, else one thread for small structures
+    (fewer than SMALL_SYSTEM_ATOMS atoms), whose tiny tensors only pay for the thread pool."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif n_atoms is not None and n_atoms < SMALL_SYSTEM_ATOMS:
+        torch.set_num_threads(1)
+
+
+def finite(ctx, param, value):
+    """click callback: refuse NaN and infinite numbers, naming the option."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value

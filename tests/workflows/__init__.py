@@ -1,0 +1,1 @@
+"""Tests of the CLI workflows (md, relax, check, bench, train, eval)."""

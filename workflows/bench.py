@@ -1,0 +1,160 @@
+"""``mlff bench``: MD speed (steps/s, µs per atom-step, ns/day) and peak memory of a model."""
+
+from __future__ import annotations
+
+import click
+from mlff.workflows.common import (
+    check_elements,
+    cli_errors,
+    emit_json,
+    finite,
+    load_calculator,
+    read_structures,
+    set_threads,
+)
+
+
+def peak_memory_mb(device) -> tuple[float, str]:
+    """(peak memory in MiB, what was measured): CUDA's peak allocation on a GPU, else the process's
+    peak resident set size (which includes Python and torch themselves)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes
+    return (peak / 2**20 if sys.platform == "darwin" else peak / 2**10), "process_max_rss"
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("structure", type=click.Path(dir_okay=False))
+@click.option("--index", default="-1", show_default=True, help="Frame of STRUCTURE (last).")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option(
+    "--timestep",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    callback=finite,
+    help="fs",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    callback=finite,
+    help="K",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch CPU threads [default: 1 below 1000 atoms, else torch's].",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@cli_errors
+def bench(
+    model,
+    structure,
+    index,
+    steps,
+    warmup,
+    timestep,
+    temperature,
+    device,
+    dtype,
+    threads,
+    seed,
+    as_json,
+) -> None:
+    """Time NVE MD (velocity Verlet) of STRUCTURE with MODEL on the chosen device.
+
+    Reports steps/s, µs per atom-step, ns/day, the time of one calculator call, the peak memory
+    and the number of edges at the start and the end (an untrained model lets a hot structure
+    fly apart: use --temperature 0 to time it at its own geometry).
+    """
+    import time
+
+    import torch
+
+    from mlff.dynamics import MDSettings, run_md
+    from mlff.graph import check_structure, graph_from_atoms
+
+    atoms = read_structures(structure, index)[-1]
+    where = f"{structure}, frame {index}"
+    check_structure(atoms, where)
+    atoms.calc = None
+    set_threads(threads, len(atoms))
+    calculator = load_calculator(model, device=device, dtype=dtype)
+    check_elements(atoms, calculator, where)
+    if calculator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(calculator.device)
+    settings = MDSettings(
+        ensemble="nve",
+        temperature_k=temperature,
+        timestep_fs=timestep,
+        steps=warmup,
+        covariance_every=0,
+        seed=seed,
+    )
+    edges_start = graph_from_atoms(atoms, calculator.model.cutoff).n_edges
+    if warmup:
+        run_md(atoms, calculator, settings)
+    settings.steps = steps
+    summary = run_md(atoms, calculator, settings)
+    # the calculator alone at the final structure (fastest of a few calls: the least disturbed
+    # by other work on the machine): how much of a step is the network
+    timings = []
+    for _ in range(max(3, min(20, steps))):
+        started = time.perf_counter()
+        calculator.calculate(atoms, ["energy", "forces"], ["positions"])
+        timings.append(time.perf_counter() - started)
+    calculate_s = min(timings)
+    edges_end = graph_from_atoms(atoms, calculator.model.cutoff).n_edges
+    memory, memory_kind = peak_memory_mb(calculator.device)
+    n_atoms = len(atoms)
+    rate = summary.steps_per_second
+    payload = {
+        "structure": str(structure),
+        "n_atoms": n_atoms,
+        "n_edges_start": edges_start,
+        "n_edges_end": edges_end,
+        "device": str(calculator.device),
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "steps": summary.steps,
+        "steps_per_second": rate,
+        "us_per_atom_step": 1e6 / (rate * n_atoms) if rate > 0 else None,
+        "ns_per_day": summary.ns_per_day,
+        "calculator_ms": 1000.0 * calculate_s,
+        "step_ms": 1000.0 / rate if rate > 0 else None,
+        "peak_memory_mb": memory,
+        "peak_memory_kind": memory_kind,
+        "energy_drift_mev_per_atom_per_ps": summary.energy_drift_mev_per_atom_per_ps,
+    }
+    lines = [
+        f"{n_atoms} atoms, {edges_start} -> {edges_end} edges, {calculator.device} {dtype}, "
+        f"{torch.get_num_threads()} thread(s), {summary.steps} steps",
+        f"{rate:.2f} steps/s, {payload['us_per_atom_step'] or 0:.2f} µs/atom-step, "
+        f"{summary.ns_per_day:.4g} ns/day",
+        f"one step {payload['step_ms'] or 0:.2f} ms, of which the calculator "
+        f"{payload['calculator_ms']:.2f} ms",
+        f"peak memory {memory:.1f} MiB ({memory_kind})",
+    ]
+    for line in lines:
+        click.echo(line, err=as_json)
+    if as_json:
+        emit_json(payload)
