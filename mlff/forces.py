@@ -41,8 +41,8 @@ def evaluate(
     (stress is zero for structures without a periodic cell volume).
     """
     dtype = model.dtype
+    species = model.species_index(graph.numbers).to(model.device)  # checked on the host
     graph = graph.to(model.device, dtype)
-    species = model.species_index(graph.numbers)
     positions = graph.positions
     cell = graph.cell
     inputs: list[torch.Tensor] = []

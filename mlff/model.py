@@ -51,7 +51,9 @@ class ForceField(nn.Module):
         z_to_index = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
         for index, symbol in enumerate(self.elements):
             z_to_index[atomic_numbers[symbol]] = index
-        self.register_buffer("z_to_index", z_to_index, persistent=False)
+        # on the host: species are looked up and checked before tensors go to the GPU
+        self._z_to_index_host = z_to_index
+        self.register_buffer("z_to_index", z_to_index.clone(), persistent=False)
         if reference_energies is None:
             reference_energies = [0.0] * len(self.elements)
         if len(reference_energies) != len(self.elements):
@@ -88,7 +90,8 @@ class ForceField(nn.Module):
         """Map atomic numbers (n_atoms,) to the model's species indices; unknown -> error."""
         if numbers.numel() and (numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER):
             raise UnknownElementError(f"atomic numbers out of range: {numbers.unique().tolist()}")
-        species = self.z_to_index[numbers]
+        table = self._z_to_index_host if numbers.device.type == "cpu" else self.z_to_index
+        species = table[numbers]
         if numbers.numel() and bool((species < 0).any()):
             unknown = sorted({chemical_symbols[int(z)] for z in numbers[species < 0].tolist()})
             raise UnknownElementError(

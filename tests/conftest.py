@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# numpy/scipy work in the tests is on tiny arrays; a BLAS thread pool only competes with torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from pathlib import Path
 
 import numpy as np

@@ -4,6 +4,7 @@ so ``mlff --help`` answers without importing torch."""
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -56,4 +57,6 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # numpy/scipy work here is on 3x3 cells; a BLAS thread pool only competes with torch's
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cli()
