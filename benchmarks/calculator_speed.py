@@ -98,7 +98,8 @@ def main() -> None:
                 row = rows[-1]
                 print(
                     f"{name:8s} {len(atoms):5d} atoms {edges:7d} edges {dtype:8s} "
-                    f"{row['ms_per_call']:9.2f} ms/call  x{row['speedup_vs_mace_fp32']:.1f} vs MACE",
+                    f"{row['ms_per_call']:9.2f} ms/call  "
+                    f"x{row['speedup_vs_mace_fp32']:.1f} vs MACE",
                     flush=True,
                 )
     if args.json:
