@@ -1,0 +1,191 @@
+"""Ethanol training benchmark: default ``mlff train`` per potential, test error against time.
+
+The split of the issue: the 2,000 frames of ``ethanol_gfn2_500K.extxyz`` permuted with
+``numpy.random.default_rng(42).permutation``, the first 1,000 for training (of which the default
+5 % are held out for validation), the other 1,000 for testing. Each potential is trained with
+the default options of ``mlff train`` (the run's own time limit unless ``--time-limit`` is
+given); every ``--every`` seconds of training the EMA weights are evaluated on the test set with
+the training clock paused, so the curve is test force MAE against training wall time.
+
+Reference (the issue): MACE 0.3.16, 32 channels, L=1, correlation 3, r_max 5 Å, float32, batch 10,
+20 epochs = 9.5 min on 2 CPU cores: test force MAE 18.7 meV/Å (RMSE 26.2), energy MAE
+8.6 meV/atom.
+
+    python benchmarks/train_ethanol.py                       # egnn, default time limit
+    python benchmarks/train_ethanol.py --potential egnn --potential tfn --time-limit 30
+    python benchmarks/train_ethanol.py --set batch_size=32 --set lr=0.01   # try options
+
+Prints a table per potential and one JSON object (``--json-out`` writes it to a file too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol_gfn2_500K.extxyz"
+MACE_REFERENCE = {
+    "training_time_s": 9.5 * 60,
+    "forces_mae_mev_per_a": 18.7,
+    "forces_rmse_mev_per_a": 26.2,
+    "energy_mae_mev_per_atom": 8.6,
+}
+
+
+def write_split(data: Path, work: Path) -> tuple[Path, Path]:
+    """Write the issue's train/test split of ``data`` to ``work`` (once)."""
+    import ase.io
+
+    train, test = work / "ethanol_train.extxyz", work / "ethanol_test.extxyz"
+    if not (train.is_file() and test.is_file()):
+        frames = ase.io.read(str(data), index=":")
+        order = np.random.default_rng(42).permutation(len(frames))
+        work.mkdir(parents=True, exist_ok=True)
+        ase.io.write(str(train), [frames[i] for i in order[:1000]])
+        ase.io.write(str(test), [frames[i] for i in order[1000:]])
+    return train, test
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
+    """Train one potential with default options (plus ``--set``); return its curve and figures."""
+    import torch
+
+    from mlff.training import run_training
+    from mlff.training.config import config_from_dict
+    from mlff.training.dataset import GraphSet
+    from mlff.training.evaluation import evaluate_set
+
+    values = {"data": [str(train)], "out": str(work / f"run_{potential}"), "potential": potential}
+    if args.time_limit is not None:
+        values["time_limit"] = args.time_limit
+    for item in args.set:
+        key, _, text = item.partition("=")
+        values[key] = _parse_value(text)
+    config = config_from_dict(values)
+    out = Path(config.out)
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        (out / name).unlink(missing_ok=True)
+
+    from mlff.data import read_labelled
+
+    test_set = GraphSet(read_labelled(test), config.cutoff)
+    curve: list[dict] = []
+    last = {"t": -1e9}
+
+    def monitor(loop) -> None:
+        now = loop.progress.elapsed
+        finished = bool(loop.progress.stopped)
+        if now - last["t"] < args.every and not finished:
+            return
+        last["t"] = now
+        errors = evaluate_set(loop.ema.model, test_set, 100).figures()
+        point = {
+            "training_time_s": round(now, 1),
+            "epoch": loop.progress.epoch,
+            "forces_mae_mev_per_a": errors["forces_mae_mev_per_a"],
+            "forces_rmse_mev_per_a": errors["forces_rmse_mev_per_a"],
+            "energy_mae_mev_per_atom": errors["energy_mae_mev_per_atom"],
+        }
+        curve.append(point)
+        print(
+            f"  [{potential}] {now:7.1f} s  epoch {point['epoch']:4d}  test F MAE "
+            f"{point['forces_mae_mev_per_a']:7.2f} meV/Å  E MAE "
+            f"{point['energy_mae_mev_per_atom']:6.2f} meV/atom",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    result = run_training(
+        config,
+        log=lambda m: None if args.quiet else print(m, file=sys.stderr),
+        monitors=[monitor],
+        clock=time.process_time if args.clock == "cpu" else None,
+    )
+    final = evaluate_set(__import__("mlff").load_model(out / "model.pt"), test_set, 100).figures()
+    return {
+        "potential": potential,
+        "options": values,
+        "clock": args.clock,
+        "training_time_s": round(result.elapsed_s, 1),
+        "total_time_s": round(time.perf_counter() - start, 1),
+        "epochs": result.epochs,
+        "stopped": result.stopped,
+        "test_model_pt": {
+            k: final[k]
+            for k in (
+                "forces_mae_mev_per_a",
+                "forces_rmse_mev_per_a",
+                "energy_mae_mev_per_atom",
+                "energy_rmse_mev_per_atom",
+            )
+        },
+        "curve": curve,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=Path("bench_ethanol"))
+    parser.add_argument("--potential", action="append", choices=["egnn", "tfn"])
+    parser.add_argument("--time-limit", type=float, help="minutes (default: mlff's default)")
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between test points")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any TrainConfig option (to try settings)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="training time as wall time, or as this process's CPU time (with --threads 1: "
+        "what the run takes alone, to compare settings on a busy machine)",
+    )
+    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    args = parser.parse_args()
+    train, test = write_split(args.data, args.work)
+    results = [run(p, train, test, args.work, args) for p in (args.potential or ["egnn"])]
+    print(
+        f"{'potential':10s} {'train s':>8s} {'epochs':>6s} {'F MAE':>8s} {'F RMSE':>8s} "
+        f"{'E MAE':>8s}   (test, meV/Å and meV/atom)"
+    )
+    for r in results:
+        t = r["test_model_pt"]
+        print(
+            f"{r['potential']:10s} {r['training_time_s']:8.0f} {r['epochs']:6d} "
+            f"{t['forces_mae_mev_per_a']:8.2f} {t['forces_rmse_mev_per_a']:8.2f} "
+            f"{t['energy_mae_mev_per_atom']:8.2f}"
+        )
+    ref = MACE_REFERENCE
+    print(
+        f"{'MACE ref':10s} {ref['training_time_s']:8.0f} {20:6d} "
+        f"{ref['forces_mae_mev_per_a']:8.2f} {ref['forces_rmse_mev_per_a']:8.2f} "
+        f"{ref['energy_mae_mev_per_atom']:8.2f}"
+    )
+    payload = {"mace_reference": ref, "results": results}
+    print(json.dumps(payload))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""A training run from options to files: data -> statistics -> model -> loop -> outputs.
+
+Files written in ``config.out``::
+
+    config.yaml           every option, resolved (``mlff train --config`` repeats the run)
+    model.pt              the best EMA weights (lowest validation loss), an mlff model file
+    checkpoint_last.pt    full state after the last epoch (``mlff train --resume OUT``)
+    checkpoint_best.pt    full state at the best validation
+    metrics.csv           one row per epoch: losses, MAE/RMSE train and valid, lr, wall time
+    learning_curves.png   loss / energy MAE / force MAE / lr against epoch
+    parity_valid.png      parity plots of model.pt on the validation set (and parity_test.png)
+    summary.json          why it stopped, best epoch, statistics, final valid and test figures
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mlff.builder import build_model
+from mlff.data import LabelKeys, LabelledFrame, elements_of, read_labelled, split_indices
+from mlff.errors import DataError
+from mlff.files import atomic_write, load_model, model_from_payload, model_payload, save_model
+from mlff.training.checkpoint import load_checkpoint, save_checkpoint
+from mlff.training.config import TrainConfig, config_from_dict, write_config
+from mlff.training.dataset import GraphSet
+from mlff.training.distributed import Distributed, init_distributed, shutdown
+from mlff.training.ema import ExponentialMovingAverage
+from mlff.training.evaluation import evaluate_set
+from mlff.training.loop import LoopSettings, Progress, TrainingLoop
+from mlff.training.loss import LossWeights
+from mlff.training.metrics import FIGURES, MetricsLog
+from mlff.training.plots import plot_learning_curves, plot_parity
+from mlff.training.schedule import LearningRateSchedule
+from mlff.training.statistics import data_statistics, read_reference_energies
+
+MODEL = "model.pt"
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+METRICS_COLUMNS = (
+    ["epoch", "step", "wall_time_s", "lr", "train_loss", "valid_loss"]
+    + [f"train_{f}" for f in FIGURES]
+    + [f"valid_{f}" for f in FIGURES]
+)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (figures in meV units, see :mod:`mlff.training.metrics`)."""
+
+    out: Path
+    stopped: str
+    epochs: int
+    steps: int
+    elapsed_s: float
+    best_epoch: int
+    valid: dict | None
+    test: dict | None
+
+
+@dataclass
+class Datasets:
+    train: GraphSet
+    valid: GraphSet | None
+    test: GraphSet | None
+    elements: list[str]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
+    return torch.device(name)
+
+
+def _set_threads(threads: int, device: torch.device) -> None:
+    """``threads`` > 0: that many; 0 (auto): one per process on CPU, torch's choice on GPU.
+
+    Molecular graphs make many small tensor operations, for which extra threads cost more in
+    synchronisation than they give (and are ruinous on a busy machine); the way to use more
+    cores is more processes: ``torchrun --nproc-per-node N``.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(1)
+
+
+def load_datasets(config: TrainConfig) -> Datasets:
+    """Read, label-check, split and graph the training, validation and test data."""
+    keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+    frames = read_labelled(config.data, keys)
+    if config.valid:
+        train_frames, valid_frames = frames, read_labelled(config.valid, keys)
+    else:
+        train_index, valid_index = split_indices(len(frames), config.valid_fraction, config.seed)
+        train_frames = [frames[i] for i in train_index]
+        valid_frames = [frames[i] for i in valid_index]
+    test_frames = read_labelled(config.test, keys) if config.test else []
+    elements = elements_of(train_frames)
+    for name, part in (("validation", valid_frames), ("test", test_frames)):
+        _check_elements(part, elements, name)
+    return Datasets(
+        train=GraphSet(train_frames, config.cutoff),
+        valid=GraphSet(valid_frames, config.cutoff) if valid_frames else None,
+        test=GraphSet(test_frames, config.cutoff) if test_frames else None,
+        elements=elements,
+    )
+
+
+def _check_elements(frames: Sequence[LabelledFrame], elements: list[str], name: str) -> None:
+    for frame in frames:
+        unknown = sorted(set(frame.atoms.get_chemical_symbols()) - set(elements))
+        if unknown:
+            raise DataError(
+                f"{frame.where}: {name} frame holds {', '.join(unknown)}, absent from the "
+                f"training data (elements {', '.join(elements)})"
+            )
+
+
+def _build(config: TrainConfig, data: Datasets):
+    reference = read_reference_energies(config.e0, data.elements) if config.e0 else None
+    statistics = data_statistics(data.train, data.elements, reference)
+    model = build_model(
+        potential=config.potential,
+        encoder=config.encoder,
+        elements=data.elements,
+        cutoff=config.cutoff,
+        reference_energies=statistics.reference_energies,
+        energy_scale=statistics.energy_scale,
+        energy_shift=statistics.energy_shift,
+        avg_num_neighbors=statistics.avg_num_neighbors,
+        **config.model_hyperparameters(),
+    )
+    return model, statistics
+
+
+def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where torch has one for the device (fewer, larger operations)."""
+    try:
+        return torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+class RunFiles:
+    """Writes the outputs of a run (rank 0 only)."""
+
+    def __init__(self, out: Path, state: Callable[[], dict], ema, metrics: MetricsLog) -> None:
+        self.out = out
+        self.state = state
+        self.ema = ema
+        self.metrics = metrics
+
+    def on_validation(self, row: dict, improved: bool) -> None:
+        self.metrics.append(row)
+        if improved:
+            save_model(self.ema.model, self.out / MODEL)
+            save_checkpoint(self.out / BEST, self.state())
+
+    def on_checkpoint(self) -> None:
+        save_checkpoint(self.out / LAST, self.state())
+
+    def on_signal(self) -> None:
+        if not (self.out / MODEL).is_file():
+            save_model(self.ema.model, self.out / MODEL)
+
+
+def _log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_training(
+    config: TrainConfig,
+    resume: bool = False,
+    log: Callable[[str], None] = _log_to_stderr,
+    monitors: Sequence[Callable[[TrainingLoop], None]] = (),
+    clock: Callable[[], float] | None = None,
+) -> TrainResult:
+    """Train as ``config`` says (continue from ``config.out`` when ``resume``); see module doc.
+
+    ``log`` receives the progress lines; ``monitors`` are called after each validation with
+    the training clock paused; ``clock`` (seconds) replaces wall time for the time limit.
+    """
+    config.check()
+    device = _device(config.device)
+    context = init_distributed(device.type)
+    try:
+        return _run(config, resume, log, monitors, clock, device, context)
+    finally:
+        shutdown(context)
+
+
+def _run(config, resume, log, monitors, clock, device, context: Distributed) -> TrainResult:
+    if device.type == "cuda" and context.enabled:
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    _set_threads(config.threads, device)
+    out = Path(config.out)
+    if not resume and (out / LAST).is_file():
+        raise DataError(
+            f"{out} already holds a training run; continue it with --resume {out} "
+            "or give another --out"
+        )
+    checkpoint = load_checkpoint(out / LAST) if resume else None
+    torch.manual_seed(config.seed)
+    data = load_datasets(config)
+    model, statistics = _build(config, data)
+    if checkpoint is not None:
+        model = model_from_payload(checkpoint["model"], where=str(out / LAST))
+    dtype = getattr(torch, config.dtype)
+    model = model.to(device=device, dtype=dtype)
+    if context.is_main:
+        log(
+            f"{len(data.train)} training, {len(data.valid) if data.valid else 0} validation, "
+            f"{len(data.test) if data.test else 0} test frames; elements "
+            f"{', '.join(data.elements)}; {sum(p.numel() for p in model.parameters())} "
+            f"parameters ({config.potential}, {config.dtype}, {device})"
+        )
+        write_config(config, out / "config.yaml")
+
+    ema = ExponentialMovingAverage(model, config.ema_decay)
+    optimizer = _optimizer(model, config)
+    schedule = LearningRateSchedule(
+        optimizer,
+        config.lr,
+        config.schedule,
+        config.warmup,
+        config.min_lr_ratio,
+        config.plateau_factor,
+        config.plateau_patience,
+    )
+    progress = Progress()
+    if checkpoint is not None:
+        ema.load_state_dict(checkpoint["ema"])
+        ema.model.to(device=device)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["rng"])
+        progress = Progress.from_dict(checkpoint["progress"])
+        if context.is_main:
+            log(f"resuming {out} after epoch {progress.epoch}, step {progress.step}")
+    settings = LoopSettings(
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        time_limit_s=config.time_limit * 60.0 if config.time_limit > 0 else None,
+        patience=config.patience,
+        weights=LossWeights(config.energy_weight, config.forces_weight, config.stress_weight),
+        loss=config.loss,
+        huber_delta=config.huber_delta,
+        clip_grad=config.clip_grad,
+        seed=config.seed,
+        eval_batch_size=config.eval_batch_size,
+        progress_bar=config.progress == "bar"
+        or (config.progress == "auto" and sys.stderr.isatty()),
+        log=log,
+    )
+    if clock is not None:
+        settings.clock = clock
+    loop = TrainingLoop(
+        model, ema, optimizer, schedule, data.train, data.valid, settings, context, progress
+    )
+    loop.monitors.extend(monitors)
+
+    def state() -> dict:
+        return {
+            "model": model_payload(model),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": torch.get_rng_state(),
+            "progress": loop.progress.as_dict(),
+            "config": json.dumps(asdict(config)),
+        }
+
+    metrics = MetricsLog(out / "metrics.csv", METRICS_COLUMNS)
+    if checkpoint is not None:
+        metrics.load(progress.epoch)
+    if context.is_main:
+        files = RunFiles(out, state, ema, metrics)
+        loop.on_validation = files.on_validation
+        loop.on_checkpoint = files.on_checkpoint
+        loop.on_signal = files.on_signal
+    progress = loop.run()
+    if not context.is_main:
+        return TrainResult(
+            out,
+            progress.stopped,
+            progress.epoch,
+            progress.step,
+            progress.elapsed,
+            progress.best_epoch,
+            None,
+            None,
+        )
+    return _finish(config, out, data, statistics, progress, metrics, loop, log)
+
+
+def _finish(config, out, data, statistics, progress, metrics, loop, log) -> TrainResult:
+    """Final figures of model.pt on the validation and test sets, plots and summary.json."""
+    if not (out / MODEL).is_file():
+        save_model(loop.ema.model, out / MODEL)
+    if metrics.rows:
+        plot_learning_curves(metrics, out / "learning_curves.png")
+    best = load_model(out / MODEL, device=loop.model.device)
+    figures = {}
+    for name, part in (("valid", data.valid), ("test", data.test)):
+        if part is None or progress.stopped in ("SIGINT", "SIGTERM"):
+            continue
+        errors = evaluate_set(best, part, config.eval_batch_size, keep=True)
+        figures[name] = {
+            **errors.figures(),
+            "n_structures": errors.n_structures,
+            "n_atoms": errors.n_atoms,
+        }
+        plot_parity(errors, out / f"parity_{name}.png", name)
+    result = TrainResult(
+        out=out,
+        stopped=progress.stopped,
+        epochs=progress.epoch,
+        steps=progress.step,
+        elapsed_s=progress.elapsed,
+        best_epoch=progress.best_epoch,
+        valid=figures.get("valid"),
+        test=figures.get("test"),
+    )
+    summary = {
+        "stopped": result.stopped,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "training_time_s": result.elapsed_s,
+        "best_epoch": result.best_epoch,
+        "statistics": statistics.as_dict(),
+        "valid": result.valid,
+        "test": result.test,
+    }
+    text = json.dumps(summary, indent=2)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+    return result
+
+
+def config_for_resume(out: str | os.PathLike, overrides: dict) -> TrainConfig:
+    """The options of the run in ``out`` with ``overrides`` (stopping and running options only)."""
+    from mlff.training.config import read_config
+
+    allowed = {"epochs", "time_limit", "patience", "device", "threads", "progress"}
+    refused = sorted(set(overrides) - allowed)
+    if refused:
+        raise DataError(
+            f"--resume continues {out} with its own options; only "
+            f"{', '.join(sorted(allowed))} may change (got {', '.join(refused)})"
+        )
+    path = Path(out) / "config.yaml"
+    if not (Path(out) / LAST).is_file():
+        raise DataError(f"{out}: no {LAST} to resume from")
+    values = read_config(path)
+    values.update(overrides)
+    values["out"] = str(out)
+    return config_from_dict(values, where=str(path))

@@ -1,0 +1,263 @@
+"""``mlff train``: options in, :func:`mlff.training.run_training` does the work.
+
+Several processes (GPUs, or CPU cores with gloo)::
+
+    torchrun --nproc-per-node N -m mlff.workflows.train DATA [options]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from mlff.workflows.common import cli_errors
+
+_DEFAULTS = None
+
+
+def _default(name: str):
+    """The default of a training option, from :class:`mlff.training.config.TrainConfig`."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        import dataclasses
+
+        from mlff.training.config import TrainConfig  # imports no torch: --help stays quick
+
+        _DEFAULTS = {
+            f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not None
+        }
+    return _DEFAULTS.get(name)
+
+
+def _parse_model_options(values: tuple[str, ...]) -> dict:
+    import yaml
+
+    options = {}
+    for item in values:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(
+                f"expected KEY=VALUE, got {item!r}", param_hint="--model-option"
+            )
+        options[key.strip()] = yaml.safe_load(text)
+    return options
+
+
+def _options(function):
+    """Every training option; the defaults shown are TrainConfig's."""
+    specs = [
+        ("--out", "-o", {"type": click.Path(file_okay=False), "help": "Output directory."}),
+        (
+            "--valid",
+            None,
+            {
+                "type": click.Path(dir_okay=False),
+                "help": "Validation file (instead of a random --valid-fraction of DATA).",
+            },
+        ),
+        (
+            "--valid-fraction",
+            None,
+            {"type": float, "help": "Fraction of DATA held out for validation."},
+        ),
+        (
+            "--test",
+            None,
+            {
+                "type": click.Path(dir_okay=False),
+                "help": "Test file, evaluated with the best model at the end.",
+            },
+        ),
+        ("--seed", None, {"type": int, "help": "Seed of the split, the weights and the order."}),
+        ("--energy-key", None, {"help": "Key of the energies (default: detect)."}),
+        ("--forces-key", None, {"help": "Key of the forces (default: detect)."}),
+        ("--stress-key", None, {"help": "Key of the stress or virial (default: detect)."}),
+        (
+            "--e0",
+            None,
+            {
+                "type": click.Path(dir_okay=False),
+                "help": "JSON {symbol: eV} of "
+                "reference energies (default: least squares over the training set).",
+            },
+        ),
+        ("--potential", None, {"type": click.Choice(["egnn", "tfn"]), "help": "Potential."}),
+        ("--encoder", None, {"type": click.Choice(["none", "unimol"]), "help": "Encoder."}),
+        ("--cutoff", None, {"type": float, "help": "Neighbour cutoff (Å)."}),
+        (
+            "--size",
+            None,
+            {"type": click.Choice(["small", "medium", "large"]), "help": "Model size preset."},
+        ),
+        ("--features", None, {"type": int, "help": "Width (overrides the preset)."}),
+        ("--num-layers", None, {"type": int, "help": "Depth (overrides the preset)."}),
+        (
+            "--model-option",
+            None,
+            {
+                "multiple": True,
+                "metavar": "KEY=VALUE",
+                "help": "Any other model hyperparameter (repeatable).",
+            },
+        ),
+        ("--energy-weight", None, {"type": float, "help": "Loss weight of energy per atom."}),
+        ("--forces-weight", None, {"type": float, "help": "Loss weight of forces."}),
+        ("--stress-weight", None, {"type": float, "help": "Loss weight of stress."}),
+        ("--loss", None, {"type": click.Choice(["mse", "huber"]), "help": "Loss function."}),
+        ("--huber-delta", None, {"type": float, "help": "Huber threshold (eV/atom, eV/Å)."}),
+        ("--batch-size", None, {"type": int, "help": "Structures per step."}),
+        ("--lr", None, {"type": float, "help": "Peak learning rate (AdamW)."}),
+        ("--weight-decay", None, {"type": float, "help": "AdamW weight decay."}),
+        (
+            "--schedule",
+            None,
+            {"type": click.Choice(["cosine", "plateau"]), "help": "Learning-rate schedule."},
+        ),
+        ("--warmup", None, {"type": float, "help": "Warm-up, fraction of the run."}),
+        ("--min-lr-ratio", None, {"type": float, "help": "Final / peak learning rate."}),
+        ("--plateau-patience", None, {"type": int, "help": "Plateau: epochs before a cut."}),
+        ("--plateau-factor", None, {"type": float, "help": "Plateau: factor of a cut."}),
+        ("--clip-grad", None, {"type": float, "help": "Max gradient norm (0: no clipping)."}),
+        ("--ema-decay", None, {"type": float, "help": "EMA decay of the weights."}),
+        ("--epochs", None, {"type": int, "help": "Maximum epochs."}),
+        (
+            "--time-limit",
+            None,
+            {
+                "type": float,
+                "metavar": "MINUTES",
+                "help": "Training time limit, minutes (0: none); the schedule ends at the limit.",
+            },
+        ),
+        (
+            "--patience",
+            None,
+            {
+                "type": int,
+                "help": "Stop after this many epochs without validation improvement (0: never).",
+            },
+        ),
+        ("--device", None, {"type": click.Choice(["auto", "cpu", "cuda"]), "help": "Device."}),
+        ("--dtype", None, {"type": click.Choice(["float32", "float64"]), "help": "Precision."}),
+        (
+            "--threads",
+            None,
+            {
+                "type": int,
+                "help": "CPU threads per process (0: one on CPU; use torchrun for more cores).",
+            },
+        ),
+        ("--eval-batch-size", None, {"type": int, "help": "Structures per evaluation batch."}),
+        (
+            "--progress",
+            None,
+            {
+                "type": click.Choice(["auto", "bar", "lines"]),
+                "help": "Progress bar, or one line per epoch (auto: bar on a terminal).",
+            },
+        ),
+    ]
+    for long, short, spec in reversed(specs):
+        name = long[2:].replace("-", "_")
+        default = _default(name)
+        names = [long] + ([short] if short else [])
+        if spec.get("multiple"):
+            function = click.option(*names, **spec)(function)
+        else:
+            function = click.option(
+                *names, default=default, show_default=default is not None, **spec
+            )(function)
+    return function
+
+
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("data", nargs=-1, type=click.Path(dir_okay=False))
+@_options
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="YAML file of options (the command line overrides it).",
+)
+@click.option(
+    "--resume", type=click.Path(file_okay=False), help="Continue the run in this output directory."
+)
+@click.pass_context
+@cli_errors
+def train(ctx: click.Context, data, config_file, resume, **options) -> None:
+    """Train a model on labelled trajectories DATA (any ASE-readable files).
+
+    Writes model.pt (best EMA weights), checkpoints, metrics.csv, config.yaml and plots to
+    --out. Energies, forces and stress are found under the usual keys.
+    """
+    from click.core import ParameterSource
+
+    given = {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+    if "model_option" in given:
+        given["model_options"] = _parse_model_options(given.pop("model_option"))
+    if data:
+        given["data"] = list(data)
+
+    from mlff.training import run_training
+    from mlff.training.config import config_from_dict, read_config
+    from mlff.training.run import config_for_resume
+
+    if resume:
+        if config_file or data:
+            raise click.UsageError("--resume takes the data and options of the run it continues")
+        config = config_for_resume(resume, given)
+    else:
+        values = read_config(config_file) if config_file else {}
+        values.update(given)
+        config = config_from_dict(values, where=config_file or "options")
+        if not config.data:
+            raise click.UsageError("give the training DATA file(s), or --config or --resume")
+    result = run_training(config, resume=bool(resume))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    _report(result)
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        click.echo(
+            f"interrupted ({result.stopped}); {result.out}/model.pt holds the best weights so "
+            f"far; continue with: mlff train --resume {result.out}",
+            err=True,
+        )
+        sys.exit(130 if result.stopped == "SIGINT" else 143)
+    if result.stopped == "non-finite loss":
+        click.echo(
+            f"training diverged (the loss became NaN or infinite at step {result.steps}); "
+            f"{result.out}/model.pt holds the best weights before; try a smaller --lr",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _report(result) -> None:
+    click.echo(
+        f"stopped ({result.stopped}) after {result.epochs} epochs, {result.steps} steps, "
+        f"{result.elapsed_s:.0f} s of training; best epoch {result.best_epoch}"
+    )
+    for name, figures in (("valid", result.valid), ("test", result.test)):
+        if figures:
+            text = (
+                f"{name}: energy MAE {figures['energy_mae_mev_per_atom']:.2f} meV/atom "
+                f"(RMSE {figures['energy_rmse_mev_per_atom']:.2f})"
+            )
+            if figures.get("forces_mae_mev_per_a") is not None:
+                text += (
+                    f", force MAE {figures['forces_mae_mev_per_a']:.2f} meV/Å "
+                    f"(RMSE {figures['forces_rmse_mev_per_a']:.2f})"
+                )
+            if figures.get("stress_mae_mev_per_a3") is not None:
+                text += f", stress MAE {figures['stress_mae_mev_per_a3']:.3f} meV/Å³"
+            click.echo(text)
+    click.echo(f"model: {result.out / 'model.pt'}")
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m mlff.workflows.train ...
+    train()
