@@ -41,6 +41,18 @@ MODEL_CONFIGS = {
         "unimol",
         {"features": 8, "num_layers": 2, "encoder_features": 16, "encoder_pair_features": 8},
     ),
+    # the training preset's features: angular channels up to l = 3 and per-layer readouts
+    "egnn-angular": (
+        "egnn",
+        "none",
+        {
+            "features": 16,
+            "num_layers": 2,
+            "angular_channels": 4,
+            "angular_order": 3,
+            "layer_readouts": True,
+        },
+    ),
     "egnn-fixed-coords": (
         "egnn",
         "none",
