@@ -10,6 +10,7 @@ from mlff.workflows.common import (
     finite,
     load_calculator,
     read_structures,
+    runtime_options,
     set_threads,
 )
 
@@ -51,18 +52,7 @@ def peak_memory_mb(device) -> tuple[float, str]:
     callback=finite,
     help="K",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="torch CPU threads [default: 1 below 1000 atoms, else torch's].",
-)
+@runtime_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @cli_errors

@@ -198,3 +198,19 @@ def finite(ctx, param, value):
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
     return value
+
+
+def runtime_options(command):
+    """The --device, --dtype and --threads options shared by md run, relax, bench and check."""
+    command = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="torch CPU threads [default: 1 below 1000 atoms, else torch's].",
+    )(command)
+    command = click.option(
+        "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
+    )(command)
+    return click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    )(command)

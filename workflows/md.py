@@ -16,6 +16,7 @@ from mlff.workflows.common import (
     finite,
     load_calculator,
     read_structures,
+    runtime_options,
     set_threads,
 )
 
@@ -196,18 +197,7 @@ def _summary_lines(summary, settings, n_atoms: int) -> list[str]:
     default="warn",
     show_default=True,
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="torch CPU threads [default: 1 below 1000 atoms, else torch's].",
-)
+@runtime_options
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: when on a terminal]."
 )

@@ -12,6 +12,7 @@ from mlff.workflows.common import (
     finite,
     load_calculator,
     read_structures,
+    runtime_options,
     set_threads,
     write_structures,
 )
@@ -81,18 +82,7 @@ def _table(results) -> list[str]:
     show_default=True,
     help="Space-group tolerance in Å.",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="torch CPU threads [default: 1 below 1000 atoms, else torch's].",
-)
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @cli_errors
 def relax(
