@@ -137,6 +137,36 @@ def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
     }
 
 
+def plot_curves(results: list[dict], path: Path) -> None:
+    """Test force MAE against training time, one line per run, MACE's figure as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    for result in results:
+        times = [p["training_time_s"] / 60 for p in result["curve"]]
+        errors = [p["forces_mae_mev_per_a"] for p in result["curve"]]
+        axis.plot(times, errors, marker="o", markersize=3, label=f"mlff {result['potential']}")
+    axis.plot(
+        [MACE_REFERENCE["training_time_s"] / 60],
+        [MACE_REFERENCE["forces_mae_mev_per_a"]],
+        marker="*",
+        markersize=12,
+        linestyle="none",
+        label="MACE 0.3.16 (issue)",
+    )
+    axis.set_yscale("log")
+    axis.set_xlabel(f"training time ({results[0]['clock']} clock), min")
+    axis.set_ylabel("test force MAE (meV/Å)")
+    axis.set_title("ethanol GFN2 500 K, 1,000 training frames")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -160,6 +190,7 @@ def main() -> None:
         "what the run takes alone, to compare settings on a busy machine)",
     )
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--plot", type=Path, help="PNG of test force MAE against time")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = parser.parse_args()
     train, test = write_split(args.data, args.work)
@@ -185,6 +216,8 @@ def main() -> None:
     print(json.dumps(payload))
     if args.json_out:
         args.json_out.write_text(json.dumps(payload, indent=2))
+    if args.plot:
+        plot_curves(results, args.plot)
 
 
 if __name__ == "__main__":

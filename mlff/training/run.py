@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -80,7 +80,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _set_threads(threads: int, device: torch.device) -> None:
+def set_threads(threads: int, device: torch.device) -> None:
     """``threads`` > 0: that many; 0 (auto): one per process on CPU, torch's choice on GPU.
 
     Molecular graphs make many small tensor operations, for which extra threads cost more in
@@ -192,6 +192,7 @@ def run_training(
     the training clock paused; ``clock`` (seconds) replaces wall time for the time limit.
     """
     config.check()
+    config = _absolute_paths(config)
     device = _device(config.device)
     context = init_distributed(device.type)
     try:
@@ -200,11 +201,26 @@ def run_training(
         shutdown(context)
 
 
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Input file paths made absolute, so the written config.yaml works from any directory."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().absolute())
+
+    return replace(
+        config,
+        data=[absolute(p) for p in config.data],
+        valid=absolute(config.valid),
+        test=absolute(config.test),
+        e0=absolute(config.e0),
+    )
+
+
 def _run(config, resume, log, monitors, clock, device, context: Distributed) -> TrainResult:
     if device.type == "cuda" and context.enabled:
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
-    _set_threads(config.threads, device)
+    set_threads(config.threads, device)
     out = Path(config.out)
     if not resume and (out / LAST).is_file():
         raise DataError(
