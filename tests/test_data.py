@@ -41,6 +41,17 @@ def test_stress_voigt_and_traj_format(tmp_path):
     np.testing.assert_allclose(data[0].stress, data[0].stress.T)
 
 
+def test_ase_database_and_several_files(tmp_path):
+    molecules, copper = labelled.molecules(3), labelled.copper(2)
+    database = tmp_path / "cu.db"
+    ase.io.write(str(database), copper)
+    data = read_labelled([labelled.write(tmp_path / "m.extxyz", molecules), database])
+    assert len(data) == 5
+    assert data[4].where.endswith("cu.db, frame 1")
+    assert data[4].energy == pytest.approx(copper[1].get_potential_energy())
+    np.testing.assert_allclose(data[4].stress, copper[1].get_stress(voigt=False), atol=1e-10)
+
+
 def test_virial_is_converted_to_stress(tmp_path):
     atoms = labelled.copper(1)[0]
     stress = atoms.get_stress(voigt=False)

@@ -22,8 +22,9 @@ from mlff import MLFFCalculator, load_model
 from mlff.training.checkpoint import load_checkpoint
 from tests.training import labelled
 
-TINY = ["--features", "8", "--num-layers", "1", "--batch-size", "4", "--time-limit", "0",
-        "--progress", "lines", "--threads", "1"]  # fmt: skip
+SMALL = ["--features", "8", "--num-layers", "1", "--batch-size", "4", "--progress", "lines",
+         "--threads", "1"]  # fmt: skip
+TINY = [*SMALL, "--time-limit", "0"]
 OUTPUTS = (
     "model.pt",
     "checkpoint_last.pt",
@@ -131,13 +132,27 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
 
 
 def test_label_keys_are_detected_and_can_be_named(data, tmp_path):
-    result = _train(data["ref"], "--out", tmp_path / "ref", "--epochs", 1, *TINY)
+    # two files, a validation file, float64 training
+    result = _train(data["ref"], data["test"], "--valid", data["train"], "--out", tmp_path / "ref",
+                    "--epochs", 1, "--dtype", "float64", *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["valid"]["forces_mae_mev_per_a"] is not None
+    assert summary["valid"]["n_structures"] == 16
+    assert load_model(tmp_path / "ref" / "model.pt").dtype == torch.float64
     named = _train(data["ref"], "--out", tmp_path / "named", "--epochs", 1,
                    "--energy-key", "REF_energy", "--forces-key", "REF_forces", *TINY)  # fmt: skip
     assert named.exit_code == 0, named.output
+
+
+def test_time_limit_stops_cleanly_and_saves(data, tmp_path):
+    out = tmp_path / "timed"
+    result = _train(data["train"], "--out", out, "--epochs", 100000, "--time-limit", 0.04, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert "stopped (time limit)" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "time limit" and summary["training_time_s"] < 10
+    assert (out / "model.pt").is_file() and (out / "learning_curves.png").is_file()
 
 
 def _bad_files(folder: Path) -> dict[str, Path]:
