@@ -151,7 +151,13 @@ class _PairAttentionLayer(nn.Module):
                 reduce="amax",
                 include_self=True,
             )
-        edge_terms = envelope.unsqueeze(-1) * torch.exp(logits - shift.index_select(0, centre))
+        # edges with zero envelope (at/after the cutoff, or clamped just inside it in float32) are
+        # not in the shift, so exp(l - shift) could overflow and 0 * inf = NaN: give them exponent
+        # 0 instead. Both branches are finite, so value, gradient and second derivative are too.
+        exponent = logits - shift.index_select(0, centre)
+        active = (envelope > 0).unsqueeze(-1)
+        exponent = torch.where(active, exponent, torch.zeros_like(exponent))
+        edge_terms = envelope.unsqueeze(-1) * torch.exp(exponent)
         self_terms = torch.exp(self_logits - shift)
         denominator = self_terms + scatter_sum(edge_terms, centre, n_atoms)  # >= 1
         messages = scatter_sum(

@@ -78,11 +78,18 @@ def random_orthogonal(seed: int, reflect: bool) -> torch.Tensor:
     return q
 
 
+def readout_weights(model: UniMolEncoder, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random weights ``(features,)`` and ``(pair_features,)`` in the model's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    w_node = torch.randn(model.node_features_out, generator=g, dtype=torch.float64).to(dtype)
+    w_edge = torch.randn(model.edge_features_out, generator=g, dtype=torch.float64).to(dtype)
+    return w_node, w_edge
+
+
 def readout(model: UniMolEncoder, seed: int = 1):
     """A scalar read from the features: random weighted sums of node and edge features."""
-    g = torch.Generator().manual_seed(seed)
-    w_node = torch.randn(model.node_features_out, generator=g, dtype=torch.float64)
-    w_edge = torch.randn(model.edge_features_out, generator=g, dtype=torch.float64)
+    w_node, w_edge = readout_weights(model, seed)
 
     def scalar(species, positions, edge_index, shifts):
         vectors, lengths = edges(positions, edge_index, shifts)
@@ -243,8 +250,23 @@ def test_isolated_atoms_give_finite_output():
     torch.testing.assert_close(node3[2:], node, atol=1e-12, rtol=0)
 
 
+def offset_logits(model: UniMolEncoder, offset: float) -> UniMolEncoder:
+    """Add ``offset`` to every attention logit (self and edges) and compensate in the pair update.
+
+    The attention weights are invariant under a common offset, so the result computes the same
+    function, but ``exp(logit)`` alone would overflow even float64 for ``offset`` ~ 1000.
+    """
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_bias.weight.add_(offset)
+            layer.pair_bias.bias.add_(offset)
+            layer.pair_update.bias.sub_(offset * layer.pair_update.weight.sum(dim=1))
+    return model
+
+
 def test_large_logits_stay_finite_and_smooth():
-    """Huge attention logits do not overflow (detached max shift) and stay finite."""
+    """Huge logits neither overflow nor break smoothness: the detached per-centre shift leaves
+    the function unchanged, however large the logits and whichever term is the largest."""
     model = make_model()
     with torch.no_grad():
         for layer in model.layers:
@@ -256,6 +278,48 @@ def test_large_logits_stay_finite_and_smooth():
     value = readout(model)(species, pos, edge_index, shifts)
     (grad,) = torch.autograd.grad(value, pos)
     assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+    # logits ~ 1000 (exp overflows float64) with O(1) differences: the same function as without
+    plain, large = make_model(), offset_logits(make_model(), 1000.0)
+    edge_index, shifts = neighbour_list(positions, CUTOFF)
+    node, edge = plain(species, edge_index, *edges(positions, edge_index, shifts))
+    node_large, edge_large = large(species, edge_index, *edges(positions, edge_index, shifts))
+    torch.testing.assert_close(node_large, node, atol=1e-9, rtol=0)
+    torch.testing.assert_close(edge_large, edge, atol=1e-9, rtol=0)
+
+    # ...and smooth: scanning one atom across the cutoff, the energy change between neighbouring
+    # points equals the work of the forces (trapezoid rule, error O(h^2)); a jump in energy or
+    # forces anywhere on the path (a term switched off while still weighted) breaks this
+    h = 2e-3
+    radii = torch.arange(CUTOFF - 0.4, CUTOFF + 0.05, h, dtype=torch.float64)
+    energies, slopes, n_edges = scan_across_the_cutoff(large, radii)
+    assert n_edges[-1] < n_edges[0]  # pairs with the moving atom leave the neighbour list
+    assert torch.isfinite(energies).all() and torch.isfinite(slopes).all()
+    work = 0.5 * h * (slopes[1:] + slopes[:-1])
+    assert (energies.diff() - work).abs().max() < 1e-6
+    assert energies.diff().abs().max() > 1e-3  # the moving atom does change the energy
+
+
+def scan_across_the_cutoff(model: UniMolEncoder, radii: torch.Tensor):
+    """Atom 1 of :func:`smoothness_setup` placed at each radius from atom 0, all positions
+    evaluated at once as disjoint copies: the readout energy ``(n,)``, its derivative along the
+    path ``(n,)`` and the number of edges of each copy ``(n,)``."""
+    start, species, u = smoothness_setup()
+    n_atoms, n_copies = start.shape[0], radii.shape[0]
+    positions = start.repeat(n_copies, 1, 1)
+    positions[:, 1] = radii[:, None] * u
+    flat = positions.reshape(-1, 3).requires_grad_(True)
+    d = (positions[:, None, :, :] - positions[:, :, None, :]).norm(dim=-1)
+    copy, i, j = torch.nonzero((d < CUTOFF) & (d > 1e-8), as_tuple=True)
+    edge_index = torch.stack([copy * n_atoms + i, copy * n_atoms + j])
+    vectors, lengths = edges(flat, edge_index, torch.zeros(copy.shape[0], 3, dtype=flat.dtype))
+    node, edge = model(species.repeat(n_copies), edge_index, vectors, lengths)
+    w_node, w_edge = readout_weights(model)
+    energies = (node @ w_node).view(n_copies, n_atoms).sum(1)
+    energies = energies.index_add(0, copy, edge @ w_edge)
+    (grad,) = torch.autograd.grad(energies.sum(), flat)
+    slopes = grad.view(n_copies, n_atoms, 3)[:, 1] @ u
+    return energies.detach(), slopes, torch.bincount(copy, minlength=n_copies)
 
 
 def test_float32():
@@ -324,3 +388,58 @@ def test_float32_edges_at_the_cutoff():
     (grad,) = torch.autograd.grad(node.sum() + edge.sum(), lengths)
     assert torch.isfinite(grad).all()
     assert torch.all(edge[lengths.detach() >= CUTOFF] == 0)
+
+
+def test_float32_zero_envelope_edges_with_large_logits():
+    """Edges exactly at and just inside the cutoff in float32 (where the envelope rounds or is
+    clamped to 0), with edge logits far above the self logits, add exactly nothing: energy, forces
+    and the parameter gradients of a force loss are finite and the same without those edges."""
+    model = make_model().to(torch.float32)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.pair_bias.bias.add_(200.0)  # exp(200) overflows float32
+    cutoff = torch.tensor(CUTOFF, dtype=torch.float32)
+    just_inside = float(torch.nextafter(cutoff, torch.tensor(0.0)))
+    positions = torch.tensor(
+        [
+            [0.0, 0.0, 0.0],
+            [CUTOFF, 0.0, 0.0],  # exactly at the cutoff of atom 0
+            [0.0, just_inside, 0.0],  # one float32 step inside
+            [0.0, 0.0, CUTOFF - 2e-6],  # a few steps inside
+            [-1.0, -0.8, -0.3],  # an ordinary neighbour of atom 0
+            [3.5, 1.0, 0.0],  # an ordinary neighbour of atom 1
+        ],
+        dtype=torch.float32,
+    )
+    species = torch.tensor([0, 1, 2, 1, 0, 2])
+    d = (positions[None] - positions[:, None]).norm(dim=-1)
+    i, j = torch.nonzero((d <= CUTOFF) & (d > 0), as_tuple=True)
+    edge_index = torch.stack([i, j])
+    shifts = torch.zeros((edge_index.shape[1], 3))
+    lengths = d[i, j]
+    zero = model.envelope(lengths) == 0
+    assert zero.sum() == 6  # atom 0 with atoms 1, 2 and 3, both ways
+    assert (lengths[zero] < CUTOFF).sum() == 4  # inside the cutoff, but weight 0
+
+    scalar = readout(model)
+
+    def energy_forces_gradients(edge_index, shifts):
+        pos = positions.clone().requires_grad_(True)
+        energy = scalar(species, pos, edge_index, shifts)
+        (gradient,) = torch.autograd.grad(energy, pos, create_graph=True)
+        loss = energy + gradient.pow(2).sum()  # force training differentiates twice
+        parameters = list(model.parameters())
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True, materialize_grads=True)
+        return energy.detach(), -gradient.detach(), grads
+
+    energy, forces, grads = energy_forces_gradients(edge_index, shifts)
+    assert torch.isfinite(energy) and torch.isfinite(forces).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+    energy_kept, forces_kept, grads_kept = energy_forces_gradients(
+        edge_index[:, ~zero], shifts[~zero]
+    )
+    torch.testing.assert_close(energy, energy_kept)
+    torch.testing.assert_close(forces, forces_kept)
+    for g, g_kept in zip(grads, grads_kept, strict=True):
+        torch.testing.assert_close(g, g_kept, rtol=1e-4, atol=1e-4)
+    assert forces.abs().max() > 1e-3  # something depends on the positions
