@@ -27,6 +27,7 @@ import torch
 from mlff._version import __version__
 from mlff.builder import build_from_config
 from mlff.errors import ModelFileError
+from mlff.file_checks import check_payload
 from mlff.model import ForceField
 
 FORMAT = "mlff-model"
@@ -69,24 +70,43 @@ def save_model(model: ForceField, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _read_payload(path: str | os.PathLike) -> dict:
+def read_archive(path: str | os.PathLike, kind: str = "model file"):
+    """``torch.load`` a file written by mlff with ``weights_only=True``; one-line errors.
+
+    Anything that is not a torch archive, or holds pickled objects, is refused before
+    unpickling runs. ``kind`` names the file in messages ("model file", "checkpoint").
+    """
     path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: {kind} not found")
     if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found")
+        raise ModelFileError(f"{path}: is not a file (a {kind} is one .pt file)")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path}: not an mlff {kind} (not a torch archive; mlff writes them with "
+            "save_model or mlff train)"
+        )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ModelFileError(
             f"{path}: refused: the file holds pickled Python objects, not plain tensors "
-            f"(mlff model files never do; nothing was run). {first}"[:400]
+            f"(mlff files never do; nothing was run). {_first_line(error)}"[:400]
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise ModelFileError(f"{path}: not a readable model file ({error})"[:300]) from None
+    except Exception as error:  # torch.load raises many types on a damaged archive
+        raise ModelFileError(
+            f"{path}: not a readable {kind} ({_first_line(error)})"[:300]
+        ) from None
+
+
+def _read_payload(path: str | os.PathLike) -> dict:
+    payload = read_archive(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mlff model file (no 'format: {FORMAT}' field)")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"{path}: model format version {version!r} is not a valid version")
+    if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model format version {version!r} is newer than this mlff "
             f"({__version__}) reads (<= {FORMAT_VERSION}); upgrade mlff"
@@ -94,17 +114,24 @@ def _read_payload(path: str | os.PathLike) -> dict:
     return payload
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def model_from_payload(payload: dict, where: str = "model") -> ForceField:
-    """Rebuild a model from a :func:`model_payload` dict."""
+    """Rebuild a model from a :func:`model_payload` dict.
+
+    Nothing in the file is trusted before it is checked: the config must describe a model whose
+    every tensor has the shape stored in the file (checked on the meta device, so an absurd
+    config allocates nothing), and every stored weight must be finite.
+    """
+    config, dtype, state = check_payload(payload, where)
     try:
-        config = json.loads(payload["config"])
-        model = build_from_config(config)
-        dtype = getattr(torch, payload.get("dtype", "float64"))
-        model = model.to(dtype)
-        model.load_state_dict(payload["state_dict"])
+        model = build_from_config(config).to(dtype)
+        model.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{where}: cannot rebuild the model: {message}"[:400]) from None
+        raise ModelFileError(f"{where}: cannot rebuild the model: {_first_line(error)}") from None
     return model
 
 

@@ -81,6 +81,10 @@ from .layers import BesselBasis, PolynomialEnvelope, mlp, scatter_sum
 _ATTENTION_EPS = 1e-9
 
 
+# highest rotation order of the features (Clebsch-Gordan tables grow as l^5)
+MAX_L = 6
+
+
 def _hidden_irreps(features: int, l_max: int, full_parity: bool) -> o3.Irreps:
     """``features x`` every irrep up to ``l_max``: natural parity, or both when ``full_parity``."""
     irreps = []
@@ -175,24 +179,27 @@ class EdgeTensorProduct(nn.Module):
         groups = [outs] if not cheap and 2 * sparse >= dense_size else [[ir] for ir in outs]
         self.out_groups: list[tuple[int, int, list[tuple[int, int]]]] = []
         blocks = []
-        for group in groups:
-            dim = sum(ir.dim for ir in group)
-            n_rows = sum(sizes[ir] for ir in group)
-            cg = torch.zeros(self.irreps_sh.dim, dim, n_rows, dtype=torch.float64)
-            column = 0
-            ks = sorted(k for ir in group for k in members[ir])
-            for k in ks:
-                a, b, ir_out = paths[k]
-                ir_in, ir_sh = self.irreps_in[a].ir, self.irreps_sh[b].ir
-                block = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)
-                block = block * math.sqrt(ir_out.dim / len(members[ir_out]))
-                out = sum(ir.dim for ir in group[: group.index(ir_out)])
-                cg[sh_slices[b], out : out + ir_out.dim, column : column + ir_in.dim] = (
-                    block.permute(1, 2, 0)
-                )
-                column += ir_in.dim
-            blocks.append(cg.reshape(self.irreps_sh.dim, -1))
-            self.out_groups.append((dim, n_rows, [(k, paths[k][0]) for k in ks]))
+        # the tables are built on the CPU even under another default device (the meta
+        # device, on which model files are checked against their config, cannot run them)
+        with torch.device("cpu"):
+            for group in groups:
+                dim = sum(ir.dim for ir in group)
+                n_rows = sum(sizes[ir] for ir in group)
+                cg = torch.zeros(self.irreps_sh.dim, dim, n_rows, dtype=torch.float64)
+                column = 0
+                ks = sorted(k for ir in group for k in members[ir])
+                for k in ks:
+                    a, b, ir_out = paths[k]
+                    ir_in, ir_sh = self.irreps_in[a].ir, self.irreps_sh[b].ir
+                    block = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)
+                    block = block * math.sqrt(ir_out.dim / len(members[ir_out]))
+                    out = sum(ir.dim for ir in group[: group.index(ir_out)])
+                    cg[sh_slices[b], out : out + ir_out.dim, column : column + ir_in.dim] = (
+                        block.permute(1, 2, 0)
+                    )
+                    column += ir_in.dim
+                blocks.append(cg.reshape(self.irreps_sh.dim, -1))
+                self.out_groups.append((dim, n_rows, [(k, paths[k][0]) for k in ks]))
         self.b_sizes = [dim * n_rows for dim, n_rows, _ in self.out_groups]
         # kept in float64 and cast once per (dtype, device), not as a buffer: a buffer made in
         # float32 and moved to float64 would carry float32 rounding, which breaks equivariance
@@ -260,7 +267,8 @@ class TFNLayer(nn.Module):
         gated = o3.Irreps([(mul, ir) for mul, ir in target if ir.l > 0])
         acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
         gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-        self.gate = Gate(scalars, acts, gates, [torch.sigmoid] if gated else [], gated)
+        with torch.device("cpu"):  # e3nn normalises the activations by sampling on a device
+            self.gate = Gate(scalars, acts, gates, [torch.sigmoid] if gated else [], gated)
         self.linear_out = o3.Linear(irreps_mid, self.gate.irreps_in)
         self.linear_self = o3.Linear(self.irreps_in, self.gate.irreps_in)
         self.irreps_out = self.gate.irreps_out
@@ -276,10 +284,14 @@ class TFNLayer(nn.Module):
             self.query = o3.Linear(self.irreps_in, self.irreps_key)
             # rows of the channel-last message that form the key (a prefix in the usual case)
             mul, slices = self.tp.mul, irreps_mid.slices()
+            # index arithmetic on the CPU, whatever the default device (see EdgeTensorProduct)
             rows = torch.cat(
-                [torch.arange(slices[k].start // mul, slices[k].stop // mul) for k in shared]
+                [
+                    torch.arange(slices[k].start // mul, slices[k].stop // mul, device="cpu")
+                    for k in shared
+                ]
             )
-            is_prefix = bool((rows == torch.arange(len(rows))).all())
+            is_prefix = rows.tolist() == list(range(len(rows)))
             self.key_prefix = len(rows) if is_prefix else 0
             self.register_buffer("key_rows", rows, persistent=False)
             self.logit_scale = 1.0 / math.sqrt(self.irreps_key.dim)
@@ -376,8 +388,8 @@ class TFN(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {value!r}")
         if edge_features_in < 0:
             raise ValueError(f"edge_features_in must be >= 0, got {edge_features_in!r}")
-        if l_max < 0:
-            raise ValueError(f"l_max must be >= 0, got {l_max!r}")
+        if not 0 <= l_max <= MAX_L:
+            raise ValueError(f"l_max must be between 0 and {MAX_L}, got {l_max!r}")
         if avg_num_neighbors <= 0:
             raise ValueError(f"avg_num_neighbors must be positive, got {avg_num_neighbors!r}")
         if aggregation not in ("mean", "sqrt"):

@@ -104,3 +104,99 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def _saved_payload(tmp_path, **hyper) -> dict:
+    save_model(
+        build_model(elements=["H", "C"], features=4, num_layers=1, **hyper), tmp_path / "m.pt"
+    )
+    return torch.load(tmp_path / "m.pt", weights_only=True)
+
+
+def _refused(tmp_path, payload, match: str) -> str:
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match=match) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "bad.pt" in message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n", b"PK\x03\x04 truncated zip"])
+def test_text_and_empty_files_are_refused_in_one_line(tmp_path, content):
+    path = tmp_path / "notamodel.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="notamodel.pt: not an mlff model file") as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(ModelFileError, match="is not a file"):
+        load_model(tmp_path)
+
+
+def test_absurd_config_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    payload = _saved_payload(tmp_path)
+    config = json.loads(payload["config"])
+    config["hyperparameters"].update(features=200_000, num_layers=400)
+    payload["config"] = json.dumps(config)
+
+    def no_real_build(config):  # a real build of this config would need terabytes
+        raise AssertionError("the model was built before its config was checked")
+
+    monkeypatch.setattr("mlff.files.build_from_config", no_real_build)
+    _refused(tmp_path, payload, "features=200000.*do not match")
+
+
+@pytest.mark.parametrize("model_name", ["egnn", "tfn-l2-attention", "tfn+unimol"])
+def test_config_that_disagrees_with_the_weights_is_refused(tmp_path, model_name, monkeypatch):
+    payload = model_payload(tiny_model(model_name))
+    config = json.loads(payload["config"])
+    config["hyperparameters"]["features"] += 1  # plausible, but not the stored shapes
+    payload["config"] = json.dumps(config)
+    monkeypatch.setattr(
+        "mlff.files.build_from_config",
+        lambda config: pytest.fail("built before the shapes were compared"),
+    )
+    _refused(tmp_path, payload, "config and weights do not match")
+
+
+def test_missing_and_unexpected_weights_are_refused(tmp_path):
+    payload = _saved_payload(tmp_path)
+    name = next(iter(payload["state_dict"]))
+    removed = payload["state_dict"].pop(name)
+    _refused(tmp_path, payload, f"lacks weights {name}")
+    payload["state_dict"][name] = removed
+    payload["state_dict"]["extra.weight"] = torch.zeros(2)
+    _refused(tmp_path, payload, "unexpected weights extra.weight")
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("config", "{not json", "not valid JSON"),
+        ("config", "[1, 2]", "not a mapping"),
+        ("config", '{"potential": "egnn"}', "'encoder' is missing"),
+        ("dtype", "int8", "dtype 'int8'"),
+        ("state_dict", [1], "holds no weights"),
+        ("format_version", "1", "not a valid version"),
+    ],
+)
+def test_malformed_fields_are_refused(tmp_path, field, value, match):
+    payload = _saved_payload(tmp_path)
+    payload[field] = value
+    _refused(tmp_path, payload, match)
+
+
+def test_non_finite_weights_and_bad_cutoff_are_refused(tmp_path):
+    payload = _saved_payload(tmp_path)
+    name = [k for k, v in payload["state_dict"].items() if v.is_floating_point()][-1]
+    payload["state_dict"][name] = torch.full_like(payload["state_dict"][name], float("nan"))
+    _refused(tmp_path, payload, f"weight '{name}' holds NaN")
+    payload = _saved_payload(tmp_path)
+    config = json.loads(payload["config"])
+    config["cutoff"] = -1.0
+    payload["config"] = json.dumps(config)
+    _refused(tmp_path, payload, "cutoff -1.0")

@@ -16,14 +16,11 @@ A checkpoint is a ``torch.save`` of plain values and tensors (loaded with ``weig
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
-from pathlib import Path
 
 import torch
 
 from mlff.errors import ModelFileError
-from mlff.files import atomic_write
+from mlff.files import atomic_write, read_archive
 
 FORMAT = "mlff-checkpoint"
 FORMAT_VERSION = 1
@@ -37,14 +34,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on CPU)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: not a readable checkpoint ({first})"[:300]) from None
+    state = read_archive(path, kind="checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mlff training checkpoint")
     if state.get("format_version", 0) > FORMAT_VERSION:
