@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -357,135 +356,12 @@ def run(
 # --------------------------------------------------------------------------- analyze
 
 
-def _load_trajectory(path: Path, top: str | None, stride: int):
-    """(mdtraj.Trajectory, ASE frames or None) of an mdtraj or ASE-readable trajectory file."""
-    import mdtraj
-
-    from mlff.dynamics import to_mdtraj, topology_path
-
-    if path.suffix.lower() in MDTRAJ_SUFFIXES:
-        topology = top or (None if path.suffix.lower() == ".h5" else topology_path(path))
-        if topology is not None and not Path(topology).is_file():
-            raise click.BadParameter(f"topology {topology} not found", param_hint="'--top'")
-        try:
-            if topology is None:
-                trajectory = mdtraj.load(str(path), stride=stride)
-            else:
-                trajectory = mdtraj.load(str(path), top=str(topology), stride=stride)
-        except Exception as error:  # mdtraj raises many types on garbage input
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else repr(error)
-            raise ValueError(f"{path}: cannot read trajectory ({first})") from None
-        return trajectory, None
-    frames = read_structures(path, f"::{stride}")
-    return to_mdtraj(frames), frames
-
-
-def _pair_labels(trajectory):
-    symbols = [atom.element.symbol for atom in trajectory.topology.atoms]
-    return symbols, sorted(set(symbols))
-
-
-def distance_histograms(trajectory, r_max_a: float, bins: int, periodic: bool, chunk: int = 64):
-    """Histograms of all pair distances (Å), total and per element pair, summed over frames.
-
-    Distances use the minimum image when ``periodic``. Returns (edges Å, total counts,
-    {"A-B": counts}, {"A-B": number of pairs}).
-    """
-    import mdtraj
-    import numpy as np
-
-    symbols, elements = _pair_labels(trajectory)
-    n = len(symbols)
-    i, j = np.triu_indices(n, 1)
-    pairs = np.stack([i, j], axis=1)
-    labels = np.array(["-".join(sorted((symbols[a], symbols[b]))) for a, b in pairs])
-    edges = np.linspace(0.0, r_max_a, bins + 1)
-    total = np.zeros(bins)
-    per_pair = {}
-    names = sorted(set(labels.tolist()))
-    masks = {name: labels == name for name in names}
-    for name in names:
-        per_pair[name] = np.zeros(bins)
-    # bounded memory: distances of a block of pairs for a block of frames at a time
-    block = max(1, 2_000_000 // max(min(trajectory.n_frames, chunk), 1))
-    for start in range(0, len(pairs), block):
-        stop = min(start + block, len(pairs))
-        for frame_start in range(0, trajectory.n_frames, chunk):
-            sub = trajectory[frame_start : frame_start + chunk]
-            d = mdtraj.compute_distances(sub, pairs[start:stop], periodic=periodic) * 10.0
-            total += np.histogram(d, bins=edges)[0]
-            for name in names:
-                mask = masks[name][start:stop]
-                if mask.any():
-                    per_pair[name] += np.histogram(d[:, mask], bins=edges)[0]
-    counts = {name: int(mask.sum()) for name, mask in masks.items()}
-    return edges, total, per_pair, counts
-
-
-def radial_distribution(edges, counts, n_pairs: int, n_frames: int, mean_volume: float):
-    """g(r) of one pair type from its pair-distance histogram: counts / ideal-gas counts."""
-    import numpy as np
-
-    shells = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
-    ideal = n_frames * n_pairs * shells / mean_volume
-    return np.divide(counts, ideal, out=np.zeros_like(counts, dtype=float), where=ideal > 0)
-
-
-def _thermo_from_log(path: Path):
-    import csv
-
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "time_ps" not in rows[0]:
-        raise ValueError(f"{path}: not an mlff md log (no time_ps column)")
-
-    def column(name):
-        return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
-
-    return {
-        "time_ps": column("time_ps"),
-        "temperature_k": column("temperature_k"),
-        "potential_energy_ev": column("potential_energy_ev"),
-        "total_energy_ev": column("total_energy_ev"),
-    }
-
-
-def _thermo_from_frames(frames):
-    from ase import units
-
-    traces = {"time_ps": [], "temperature_k": [], "potential_energy_ev": [], "total_energy_ev": []}
-    for k, atoms in enumerate(frames):
-        if atoms.calc is None or "energy" not in atoms.calc.results or not atoms.has("momenta"):
-            return None
-        kinetic = atoms.get_kinetic_energy()
-        dof = max(3 * len(atoms) - 3, 1)
-        potential = atoms.calc.results["energy"]
-        traces["time_ps"].append(atoms.info.get("time_fs", k) / 1000.0)
-        traces["temperature_k"].append(2.0 * kinetic / (dof * units.kB))
-        traces["potential_energy_ev"].append(potential)
-        traces["total_energy_ev"].append(potential + kinetic)
-    return traces
-
-
-def _plot(out_dir: Path, name: str, draw) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
-    draw(axes)
-    figure.tight_layout()
-    path = out_dir / name
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return str(path)
-
-
 @md.command("analyze")
 @click.argument("trajectory", type=click.Path(dir_okay=False))
 @click.option("--top", type=click.Path(dir_okay=False), default=None, help="Topology (PDB).")
-@click.option("--log", type=click.Path(dir_okay=False), default=None, help="md run CSV log.")
+@click.option(
+    "--log", type=click.Path(dir_okay=False, exists=True), default=None, help="md run CSV log."
+)
 @click.option(
     "--out",
     "out_dir",
@@ -499,7 +375,7 @@ def _plot(out_dir: Path, name: str, draw) -> str:
     default=6.0,
     show_default=True,
     callback=finite,
-    help="Largest distance in Å.",
+    help="Largest distance in Å (at most half the narrowest cell width).",
 )
 @click.option("--bins", type=click.IntRange(min=10), default=200, show_default=True)
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True)
@@ -512,140 +388,46 @@ def analyze(trajectory, top, log, out_dir, r_max, bins, stride, as_json) -> None
     ASE-readable file. Writes PNG plots and summary.json: radial distribution functions per
     element pair (periodic cells), the histogram h(r) of all interatomic distances, the RMSD to
     the first frame, and temperature/energy traces from the md run log (--log, or TRAJECTORY's
-    name with .csv) or from the frames' energies and momenta.
+    name with .csv) or from the frames' energies and momenta. The computations are in
+    :mod:`mlff.analysis`.
     """
-    import mdtraj
     import numpy as np
+    from mlff.workflows.plots import analysis_plots
+
+    from mlff import analysis
 
     path = Path(trajectory)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    traj, frames = _load_trajectory(path, top, stride)
-    if traj.n_frames == 0:
-        raise ValueError(f"{path}: trajectory has no frames")
+    atoms = None
+    if path.suffix.lower() in MDTRAJ_SUFFIXES:
+        frames = analysis.read_mdtraj(path, top, stride)
+    else:
+        atoms = read_structures(path, f"::{stride}")
+        frames = analysis.Frames.from_atoms(atoms, where=str(path))
+    log_path = Path(log) if log else path.with_suffix(".csv")
+    if log_path.is_file():
+        thermo = analysis.read_thermo_log(log_path)
+    else:
+        log_path, thermo = None, analysis.thermo_from_frames(atoms) if atoms else None
     out = Path(out_dir) if out_dir else path.with_name(f"{path.stem}_analysis")
     out.mkdir(parents=True, exist_ok=True)
 
-    volumes = traj.unitcell_volumes
-    periodic = volumes is not None and bool(np.all(volumes > 0))
-    if periodic:
-        half_box = 10.0 * float(np.min(traj.unitcell_lengths)) / 2.0
-        r_max = min(r_max, half_box)
-    edges, total, per_pair, pair_counts = distance_histograms(traj, r_max, bins, periodic)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    plots = []
-    summary: dict = {
-        "trajectory": str(path),
-        "n_frames": int(traj.n_frames),
-        "n_atoms": int(traj.n_atoms),
-        "periodic": periodic,
-        "r_max_a": r_max,
-    }
-
-    h_r = total / traj.n_frames
-    nonzero = np.nonzero(total)[0]
-    summary["h_r"] = {
-        "bin_width_a": float(edges[1] - edges[0]),
-        "min_distance_a": float(centres[nonzero[0]]) if nonzero.size else None,
-        "peak_a": float(centres[int(np.argmax(h_r))]) if nonzero.size else None,
-    }
-    plots.append(
-        _plot(
-            out,
-            "distance_histogram.png",
-            lambda ax: (
-                ax.plot(centres, h_r),
-                ax.set(xlabel="r (Å)", ylabel="pairs per frame per bin", title="h(r)"),
-            ),
-        )
-    )
-
-    if periodic:
-        mean_volume = 1000.0 * float(np.mean(volumes))
-        rdfs = {
-            name: radial_distribution(
-                edges, per_pair[name], pair_counts[name], traj.n_frames, mean_volume
-            )
-            for name in per_pair
-        }
-        summary["rdf"] = {
-            name: {
-                "first_peak_a": float(centres[int(np.argmax(g))]),
-                "first_peak_g": float(np.max(g)),
-            }
-            for name, g in rdfs.items()
-        }
-
-        def draw_rdf(ax):
-            for name, g in rdfs.items():
-                ax.plot(centres, g, label=name)
-            ax.set(xlabel="r (Å)", ylabel="g(r)", title="radial distribution functions")
-            ax.legend()
-
-        plots.append(_plot(out, "rdf.png", draw_rdf))
+    result = analysis.analyse(frames, r_max, bins)
+    summary = {"trajectory": str(path), **result.summary, "thermo": None}
+    if thermo is not None:
+        source = {"source": str(log_path or path)}
+        summary["thermo"] = {**source, **analysis.thermo_summary(thermo)}
+    if frames.time_ps is None:  # DCD keeps no time: number the frames of the file
+        time, time_label = np.arange(frames.n_frames) * stride, "frame"
     else:
-        summary["rdf"] = None  # no volume to normalise by: see h(r)
-
-    rmsd = mdtraj.rmsd(traj, traj, 0) * 10.0
-    # DCD keeps no time: mdtraj numbers its frames instead
-    time_axis = np.asarray(traj.time, dtype=float)
-    time_label = "frame" if path.suffix.lower() == ".dcd" else "time (ps)"
-    summary["rmsd_a"] = {
-        "final": float(rmsd[-1]),
-        "mean": float(np.mean(rmsd)),
-        "max": float(np.max(rmsd)),
-    }
-    plots.append(
-        _plot(
-            out,
-            "rmsd.png",
-            lambda ax: (
-                ax.plot(time_axis, rmsd),
-                ax.set(xlabel=time_label, ylabel="RMSD (Å)", title="RMSD to the first frame"),
-            ),
-        )
-    )
-
-    traces = None
-    log_path = Path(log) if log else None
-    if log_path is None:
-        guess = path.with_suffix(".csv")
-        log_path = guess if guess.is_file() else None
-    if log_path is not None:
-        if not log_path.is_file():
-            raise click.BadParameter(f"{log_path} not found", param_hint="'--log'")
-        traces = _thermo_from_log(log_path)
-    elif frames is not None:
-        traces = _thermo_from_frames(frames)
-    if traces is not None:
-        t = np.asarray(traces["time_ps"])
-        temperature = np.asarray(traces["temperature_k"])
-        total_energy = np.asarray(traces["total_energy_ev"])
-        summary["thermo"] = {
-            "source": str(log_path) if log_path else str(path),
-            "mean_temperature_k": float(np.nanmean(temperature)),
-            "std_temperature_k": float(np.nanstd(temperature)),
-            "total_energy_range_ev": float(np.nanmax(total_energy) - np.nanmin(total_energy)),
-        }
-
-        def draw_thermo(ax):
-            lines = ax.plot(t, temperature, color="tab:red", label="temperature")
-            ax.set(xlabel="time (ps)", ylabel="temperature (K)", title="temperature and energy")
-            twin = ax.twinx()
-            lines += twin.plot(t, traces["potential_energy_ev"], label="E_pot", color="tab:blue")
-            lines += twin.plot(t, total_energy, label="E_total", color="tab:green")
-            twin.set_ylabel("energy (eV)")
-            ax.legend(lines, [line.get_label() for line in lines], loc="best")
-
-        plots.append(_plot(out, "thermo.png", draw_thermo))
-    else:
-        summary["thermo"] = None
-    summary["plots"] = plots
+        time, time_label = frames.time_ps, "time (ps)"
+    summary["plots"] = analysis_plots(out, result, time, time_label, thermo)
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     if as_json:
         emit_json(summary)
     else:
-        click.echo(f"{traj.n_frames} frames, {traj.n_atoms} atoms; wrote {summary_path}")
-        for plot in plots:
+        click.echo(f"{frames.n_frames} frames, {frames.n_atoms} atoms; wrote {summary_path}")
+        for plot in summary["plots"]:
             click.echo(f"  {plot}")
