@@ -72,26 +72,6 @@ class BesselBasis(nn.Module):
         return self.prefactor * torch.sin(self.frequencies * x) / r_safe
 
 
-class GaussianBasis(nn.Module):
-    """Gaussians ``exp(-((r - mu_k) / sigma_k)^2 / 2)`` with learnable means and widths (Å)."""
-
-    def __init__(self, n_basis: int, start: float, stop: float, trainable: bool = True) -> None:
-        super().__init__()
-        means = torch.linspace(start, stop, n_basis)
-        widths = torch.full((n_basis,), (stop - start) / max(n_basis - 1, 1))
-        if trainable:
-            self.means = nn.Parameter(means)
-            self.widths = nn.Parameter(widths)
-        else:
-            self.register_buffer("means", means)
-            self.register_buffer("widths", widths)
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        z = (r.unsqueeze(-1) - self.means) / self.widths.abs().clamp_min(1e-3)
-        # capping the exponent at 80 (e^-80 ~ 1e-35) keeps float32 out of slow denormals
-        return torch.exp(-0.5 * (z * z).clamp_max(160.0))
-
-
 def mlp(
     sizes: list[int],
     activation: type[nn.Module] = nn.SiLU,
