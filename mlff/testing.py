@@ -24,15 +24,16 @@ class Prediction:
     stress: np.ndarray | None  # (3, 3) eV/Å³, None without a periodic cell
 
 
-def predict(model, atoms: ase.Atoms) -> Prediction:
-    """Energy, forces and (for periodic cells) the 3x3 stress of ``model`` at ``atoms``."""
-    return predict_many(model, [atoms])[0]
+def predict(model, atoms: ase.Atoms, stress: bool = True) -> Prediction:
+    """Energy, forces and (for periodic cells, unless ``stress=False``) the 3x3 stress of
+    ``model`` at ``atoms``."""
+    return predict_many(model, [atoms], stress=stress)[0]
 
 
-def predict_many(model, structures: list[ase.Atoms]) -> list[Prediction]:
+def predict_many(model, structures: list[ase.Atoms], stress: bool = True) -> list[Prediction]:
     """Predictions for several structures evaluated together as one batch."""
     graph = graphs_from_atoms(structures, model.cutoff)
-    periodic = [bool(np.any(a.pbc)) for a in structures]
+    periodic = [stress and bool(np.any(a.pbc)) for a in structures]
     out = evaluate(model, graph, compute_forces=True, compute_stress=any(periodic))
     forces = out["forces"].detach().cpu().double().numpy()
     offsets = np.cumsum([0] + [len(a) for a in structures])
@@ -54,8 +55,10 @@ def transformed(
     rotation: np.ndarray | None = None,
     translation: np.ndarray | None = None,
     permutation: np.ndarray | None = None,
+    wrap: bool = False,
 ) -> ase.Atoms:
-    """A copy of ``atoms`` with positions (and cell) rotated, translated and atoms permuted."""
+    """A copy of ``atoms`` with positions (and cell) rotated, translated and atoms permuted;
+    ``wrap`` puts atoms back into a periodic cell afterwards (other images become neighbours)."""
     new = atoms.copy()
     new.calc = None
     if permutation is not None:
@@ -65,6 +68,8 @@ def transformed(
         new.set_positions(new.get_positions() @ rotation.T)
     if translation is not None:
         new.set_positions(new.get_positions() + translation)
+    if wrap and np.any(new.pbc):
+        new.wrap()
     return new
 
 
@@ -84,10 +89,19 @@ def symmetry_errors(
     translation: np.ndarray | None = None,
     permutation: np.ndarray | None = None,
     reference: Prediction | None = None,
+    wrap: bool = False,
 ) -> SymmetryErrors:
-    """Errors of E(g x) = E(x), F(g x) = g F(x), sigma(g x) = R sigma R^T for one transform g."""
+    """Errors of E(g x) = E(x), F(g x) = g F(x), sigma(g x) = R sigma R^T for one transform g.
+
+    ``reference``: the prediction at ``atoms`` when already known (stress is compared only when
+    it holds one). ``wrap``: see :func:`transformed`.
+    """
     reference = reference or predict(model, atoms)
-    moved = predict(model, transformed(atoms, rotation, translation, permutation))
+    moved = predict(
+        model,
+        transformed(atoms, rotation, translation, permutation, wrap=wrap),
+        stress=reference.stress is not None,
+    )
     expected_forces = reference.forces
     expected_stress = reference.stress
     if permutation is not None:

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from mlff import CovarianceError, MLFFCalculator
-from mlff.covariance import check_covariance, default_tolerances, random_rotation
+from mlff.covariance import (
+    FORCE_SCALE_FLOOR,
+    STRESS_SCALE_FLOOR,
+    check_covariance,
+    default_tolerances,
+    random_rotation,
+    relative_force_error,
+    relative_stress_error,
+)
 from tests.conftest import ethanol, triclinic_cell
 from tests.workflows.conftest import broken_model, randomised_model
 
@@ -22,6 +30,27 @@ def test_random_rotation_is_orthogonal(reflection):
         rotation = random_rotation(rng, reflection)
         np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
         assert np.linalg.det(rotation) == pytest.approx(-1.0 if reflection else 1.0)
+
+
+def test_errors_are_relative_to_the_largest_component_above_a_floor():
+    forces = np.array([[0.0, -2.0, 0.5], [1.0, 0.0, 0.0]])
+    assert relative_force_error(1e-3, forces) == pytest.approx(5e-4)
+    assert relative_force_error(1e-3, 1e-9 * forces) == pytest.approx(1e-3 / FORCE_SCALE_FLOOR)
+    assert relative_stress_error(1e-6, np.diag([0.02, -0.04, 0.0])) == pytest.approx(2.5e-5)
+    assert relative_stress_error(1e-9, np.zeros((3, 3))) == pytest.approx(1e-9 / STRESS_SCALE_FLOOR)
+
+
+def test_a_perfect_crystal_passes():
+    """Forces that vanish by symmetry are measured against the floor, not against themselves:
+    round-off over round-off is no error."""
+    from ase.build import bulk
+
+    crystal = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    model = randomised_model()
+    rng = np.random.default_rng(2)
+    for reflection in (False, True):
+        result = check_covariance(model, crystal, rng=rng, reflection=reflection)
+        assert result.passed, result.describe()
 
 
 @pytest.mark.parametrize("structure", [ethanol(), triclinic_cell()], ids=["molecule", "cell"])
