@@ -25,6 +25,14 @@ NVE_SPREAD_EV = 1e-4
 NVE_DRIFT_MEV_PER_PS = 0.5
 # NVT: the mean temperature over 400 steps (31 atoms) within 15 % of the target
 NVT_RELATIVE_TOLERANCE = 0.15
+# the same seeded run twice (float64, one thread) repeats itself exactly; extxyz keeps 8 decimals
+SAME_RUN_A = 1e-8
+# a restart reads positions and momenta back from extxyz (8 decimals): 10 steps later they differ
+# by about that rounding
+RESTART_A = 1e-7
+# what a trajectory format keeps of the positions: DCD float32 (~1e-6 Å at 10 Å); XTC rounds to
+# 0.001 nm, an error of up to 0.005 Å
+FORMAT_PRECISION_A = {".dcd": 1e-5, ".xtc": 5e-3 + 1e-5}
 
 
 def read_log(path):
@@ -34,6 +42,13 @@ def read_log(path):
 
 def invoke(args, **kwargs):
     return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def run_ok(args, **kwargs):
+    """Invoke the CLI and assert it succeeded; on failure show its output and exception."""
+    result = invoke(args, **kwargs)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result
 
 
 def assert_one_line_error(result, *needles):
@@ -187,7 +202,7 @@ def test_broken_model_is_caught_during_md(tmp_path):
 
 def test_cli_nve_json_log_and_trajectory(model_file, ethanol_file, tmp_path):
     traj, log = tmp_path / "out.extxyz", tmp_path / "out.csv"
-    result = invoke(
+    result = run_ok(
         [
             "md",
             "run",
@@ -210,7 +225,6 @@ def test_cli_nve_json_log_and_trajectory(model_file, ethanol_file, tmp_path):
             "--json",
         ]
     )
-    assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     for key in (
         "steps",
@@ -246,13 +260,10 @@ def test_cli_initial_velocities_have_zero_momentum_unless_given(model_file, tmp_
     atoms.set_momenta(momenta)
     ase.io.write(tmp_path / "moving.extxyz", atoms)
     traj = tmp_path / "t.extxyz"
-    result = invoke(
-        ["md", "run", model_file, tmp_path / "moving.extxyz", "--steps", 0, "--traj", traj]
-    )
-    assert result.exit_code == 0, result.output
+    run_ok(["md", "run", model_file, tmp_path / "moving.extxyz", "--steps", 0, "--traj", traj])
     np.testing.assert_allclose(ase.io.read(traj).get_momenta(), momenta, atol=1e-7)
     ase.io.write(tmp_path / "still.xyz", molecule("CH3CH2OH"))
-    result = invoke(
+    run_ok(
         [
             "md",
             "run",
@@ -273,18 +284,28 @@ def test_cli_initial_velocities_have_zero_momentum_unless_given(model_file, tmp_
     assert np.abs(drawn.sum(axis=0)).max() < 1e-6
 
 
+def test_cli_same_seed_same_trajectory(model_file, ethanol_file, tmp_path):
+    """Seeded velocities and Langevin noise: the same seed repeats the run, another does not."""
+    nvt = ["md", "run", model_file, ethanol_file, "--ensemble", "nvt", "--steps", 20]
+    nvt += ["--timestep", 0.5, "--interval", 5, "--covariance-every", 0]
+    runs = {}
+    for name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        run_ok([*nvt, "--seed", seed, "--traj", tmp_path / f"{name}.extxyz"])
+        runs[name] = ase.io.read(tmp_path / f"{name}.extxyz", ":")
+    assert len(runs["a"]) == len(runs["b"]) == 5
+    for first, second in zip(runs["a"], runs["b"], strict=True):
+        np.testing.assert_allclose(second.positions, first.positions, rtol=0, atol=SAME_RUN_A)
+        np.testing.assert_allclose(second.get_momenta(), first.get_momenta(), atol=SAME_RUN_A)
+    assert np.abs(runs["c"][-1].positions - runs["a"][-1].positions).max() > 1e-3
+
+
 def test_cli_restart_continues_exactly(model_file, ethanol_file, tmp_path):
     common = ["--timestep", 0.5, "--interval", 5, "--covariance-every", 0, "--seed", 4]
     straight = tmp_path / "straight.extxyz"
-    assert (
-        invoke(
-            ["md", "run", model_file, ethanol_file, "--steps", 20, "--traj", straight, *common]
-        ).exit_code
-        == 0
-    )
+    run_ok(["md", "run", model_file, ethanol_file, "--steps", 20, "--traj", straight, *common])
     split = tmp_path / "split.extxyz"
     log = tmp_path / "split.csv"
-    first = invoke(
+    run_ok(
         [
             "md",
             "run",
@@ -299,8 +320,7 @@ def test_cli_restart_continues_exactly(model_file, ethanol_file, tmp_path):
             *common,
         ]
     )
-    assert first.exit_code == 0, first.output
-    second = invoke(
+    run_ok(
         [
             "md",
             "run",
@@ -316,30 +336,38 @@ def test_cli_restart_continues_exactly(model_file, ethanol_file, tmp_path):
             *common,
         ]
     )
-    assert second.exit_code == 0, second.output
     frames = ase.io.read(split, ":")
     assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
     assert [int(r["step"]) for r in read_log(log)] == [0, 5, 10, 15, 20]
-    np.testing.assert_allclose(frames[-1].positions, ase.io.read(straight, -1).positions, atol=1e-6)
+    reference = ase.io.read(straight, ":")
+    for frame, expected in zip(frames, reference, strict=True):
+        np.testing.assert_allclose(frame.positions, expected.positions, rtol=0, atol=RESTART_A)
+        np.testing.assert_allclose(frame.get_momenta(), expected.get_momenta(), atol=RESTART_A)
+    # ...and the check can fail: the atoms move much more than that between frames
+    assert np.abs(reference[-1].positions - reference[-2].positions).max() > 1e3 * RESTART_A
 
 
 @pytest.mark.parametrize("suffix", [".dcd", ".xtc"])
 def test_cli_mdtraj_trajectory_reads_back(model_file, cu_cif, tmp_path, suffix):
+    """The same seeded run written as extxyz and as DCD/XTC: every frame agrees to what the
+    format keeps, far closer than the atoms move between frames."""
     import mdtraj
 
     traj = tmp_path / f"cu{suffix}"
     xyz = tmp_path / "cu.extxyz"
     for path in (traj, xyz):
-        result = invoke(
+        run_ok(
             [
                 "md",
                 "run",
                 model_file,
                 cu_cif,
                 "--steps",
-                10,
+                20,
+                "--timestep",
+                2.0,
                 "--interval",
-                2,
+                5,
                 "--traj",
                 path,
                 "--seed",
@@ -348,12 +376,16 @@ def test_cli_mdtraj_trajectory_reads_back(model_file, cu_cif, tmp_path, suffix):
                 0,
             ]
         )
-        assert result.exit_code == 0, result.output
     assert (tmp_path / "cu.pdb").is_file()
     loaded = mdtraj.load(str(traj), top=str(tmp_path / "cu.pdb"))
     reference = ase.io.read(xyz, ":")
-    assert loaded.n_frames == len(reference) == 6 and loaded.n_atoms == 31
-    np.testing.assert_allclose(loaded.xyz[-1] * 10, reference[-1].positions, atol=2e-2)
+    assert loaded.n_frames == len(reference) == 5 and loaded.n_atoms == 31
+    tolerance = FORMAT_PRECISION_A[suffix]
+    for k, frame in enumerate(reference):
+        np.testing.assert_allclose(loaded.xyz[k] * 10, frame.positions, rtol=0, atol=tolerance)
+        if k:
+            moved = np.abs(frame.positions - reference[k - 1].positions).max()
+            assert moved > 5 * tolerance  # a frame written at the wrong step would fail
     np.testing.assert_allclose(
         loaded.unitcell_lengths[0] * 10, reference[0].cell.lengths(), rtol=1e-5
     )
@@ -422,10 +454,9 @@ def test_cli_stop_on_covariance_failure(use_broken_model, model_file, ethanol_fi
     )
     assert_one_line_error(result, "covariance check failed at step 10")
     assert int(read_log(tmp_path / "b.csv")[-1]["step"]) == 10
-    result = invoke(
+    result = run_ok(
         ["md", "run", model_file, ethanol_file, "--steps", 10, "--covariance-every", 5, "--json"]
     )
-    assert result.exit_code == 0
     assert "warning: step 5: covariance check" in result.stderr
     assert json.loads(result.stdout)["covariance_checks"] == 2
 
@@ -470,7 +501,7 @@ def test_cli_unknown_element_names_the_file(model_file, tmp_path):
 
 def test_analyze_dcd_of_a_crystal(model_file, cu_cif, tmp_path):
     traj = tmp_path / "cu.dcd"
-    result = invoke(
+    run_ok(
         [
             "md",
             "run",
@@ -488,10 +519,8 @@ def test_analyze_dcd_of_a_crystal(model_file, cu_cif, tmp_path):
             0,
         ]
     )
-    assert result.exit_code == 0, result.output
     out = tmp_path / "analysis"
-    result = invoke(["md", "analyze", traj, "--out", out, "--json", "--bins", 50])
-    assert result.exit_code == 0, result.output
+    result = run_ok(["md", "analyze", traj, "--out", out, "--json", "--bins", 50])
     summary = json.loads(result.stdout)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["n_frames"] == 6 and summary["periodic"]
@@ -506,9 +535,8 @@ def test_analyze_dcd_of_a_crystal(model_file, cu_cif, tmp_path):
 
 def test_analyze_extxyz_of_a_molecule(model_file, ethanol_file, tmp_path):
     traj = tmp_path / "eth.extxyz"
-    invoke(["md", "run", model_file, ethanol_file, "--steps", 10, "--interval", 5, "--traj", traj])
-    result = invoke(["md", "analyze", traj, "--json"])
-    assert result.exit_code == 0, result.output
+    run_ok(["md", "run", model_file, ethanol_file, "--steps", 10, "--interval", 5, "--traj", traj])
+    result = run_ok(["md", "analyze", traj, "--json"])
     summary = json.loads(result.stdout)
     assert summary["rdf"] is None and not summary["periodic"]
     assert 0.5 < summary["h_r"]["min_distance_a"] < 1.2  # O-H, C-H bonds
