@@ -37,6 +37,18 @@ OUTPUTS = (
     "summary.json",
 )
 
+# metrics.csv columns that must be finite and positive in every row
+POSITIVE_COLUMNS = (
+    "train_loss",
+    "valid_loss",
+    "lr",
+    "wall_time_s",
+    "train_energy_mae_mev_per_atom",
+    "train_forces_mae_mev_per_a",
+    "valid_energy_rmse_mev_per_atom",
+    "valid_forces_rmse_mev_per_a",
+)
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
@@ -69,11 +81,17 @@ def test_a_short_run_writes_every_output_and_config_reproduces_it(data, tmp_path
         assert (out / name).is_file(), name
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for column in ("train_loss", "valid_loss", "train_forces_mae_mev_per_a",
-                   "valid_energy_rmse_mev_per_atom", "lr", "wall_time_s"):  # fmt: skip
-        assert float(rows[-1][column]) >= 0, column
+    for row in rows:
+        for column in POSITIVE_COLUMNS:
+            # a random-start model on EMT labels errs by eV: every figure is finite and > 0
+            assert np.isfinite(float(row[column])) and float(row[column]) > 0, (column, row)
+    assert float(rows[1]["wall_time_s"]) > float(rows[0]["wall_time_s"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "epochs" and summary["test"]["n_structures"] == 4
+    # the reported test figures are those of model.pt, recomputed here frame by frame
+    expected = _errors_of(out / "model.pt", data["test"])
+    for name, value in expected.items():
+        assert summary["test"][name] == pytest.approx(value, rel=1e-4), name
     assert "test: energy MAE" in result.output and "model:" in result.output
 
     atoms = labelled.molecules(1)[0]
@@ -91,6 +109,28 @@ def test_a_short_run_writes_every_output_and_config_reproduces_it(data, tmp_path
     assert [r["valid_loss"] for r in first] == [r["valid_loss"] for r in second]
 
 
+def _errors_of(model_path: Path, data_path: Path) -> dict[str, float]:
+    """MAE/RMSE of the model on labelled frames through the ASE calculator, in the units of
+    ``summary.json``: energy per atom meV/atom, force components meV/Å."""
+    import ase.io
+
+    dtype = str(load_model(model_path).dtype).removeprefix("torch.")
+    calculator = MLFFCalculator(str(model_path), device="cpu", dtype=dtype)
+    energy_errors, force_errors = [], []
+    for atoms in ase.io.read(data_path, ":"):
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = calculator
+        energy_errors.append((atoms.get_potential_energy() - energy) / len(atoms))
+        force_errors.append((atoms.get_forces() - forces).ravel())
+    energy_errors, force_errors = np.array(energy_errors), np.concatenate(force_errors)
+    return {
+        "energy_mae_mev_per_atom": 1e3 * np.abs(energy_errors).mean(),
+        "energy_rmse_mev_per_atom": 1e3 * np.sqrt((energy_errors**2).mean()),
+        "forces_mae_mev_per_a": 1e3 * np.abs(force_errors).mean(),
+        "forces_rmse_mev_per_a": 1e3 * np.sqrt((force_errors**2).mean()),
+    }
+
+
 def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
     from mlff.training import run_training
     from mlff.training.config import config_from_dict
@@ -100,6 +140,8 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
     straight = run_training(config_from_dict({**options, "out": str(tmp_path / "a")}),
                             log=lambda m: None)  # fmt: skip
     assert straight.epochs == 3
+    losses = [float(r["valid_loss"]) for r in _rows(tmp_path / "a")]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]  # the training trains
 
     def interrupt_after_first_epoch(loop):
         if loop.progress.epoch == 1:
