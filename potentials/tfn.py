@@ -21,10 +21,8 @@ Tensor product. :class:`EdgeTensorProduct` is e3nn's ``o3.TensorProduct(..., sha
 False)`` with 'uvu' instructions (Clebsch-Gordan coefficients from ``o3.wigner_3j``, e3nn's
 'component'/'element' normalisation; the tests check it equals ``o3.TensorProduct``), but it sums
 all paths that end in the same irrep (the radial weights stay per path) and evaluates everything
-in a channel-last layout with a few large kernels. On the benchmark below the whole model took
-85 ms (l_max = 1) and 247 ms (l_max = 2) with it, against 136 ms and 497 ms for a first version
-of this module built on ``o3.TensorProduct`` (one output block per path, and a separate radial
-MLP per layer).
+in a channel-last layout with a few large kernels (faster than ``o3.TensorProduct`` with one
+output block per path; timings in ``docs/measurements.md``).
 
 Irreps. The hidden irreps are ``features x (0e + 1o + 2e + ...)`` up to ``l_max``: only the
 "natural" parity ``(-1)^l`` that spherical harmonics of edge vectors carry (as in MACE). That
@@ -58,13 +56,10 @@ logits make ``exp`` safe in float32 (at most ``e^L``), and a max would jump when
 neighbour leaves the cutoff, which together with ``eps`` would make the energy discontinuous.
 ``eps`` is a fixed constant (1e-9), so ``alpha`` is as smooth as the envelope everywhere.
 
-Default ``l_max = 1``. Forward + backward (forces) for 256 atoms with ~45 neighbours each (a
-perturbed fcc Cu 4x4x4 cell, cutoff 5 Å, full neighbour list; features 32, 3 layers, float32),
-best of 10 on a shared 2-core CPU VM with one torch thread: l_max = 1 85 ms (with attention
-106 ms), l_max = 2 247 ms (307 ms), l_max = 2 costing ~3x. l_max = 1 already resolves angles
-(three-body terms) that invariant models cannot, while the NequIP and MACE ablations report a much
-smaller gain from l = 1 to 2 than from 0 to 1, hence l_max = 1 for accuracy per second (this
-choice rests on those published ablations and the timing above, not on a fit of our own).
+Default ``l_max = 1``: it already resolves angles (three-body terms) that invariant models
+cannot, while the NequIP and MACE ablations report a much smaller gain from l = 1 to 2 than from
+0 to 1, and l = 2 costs several times more per step (timings in ``docs/measurements.md``). The
+choice rests on those published ablations and our timings, not on a fit of our own.
 """
 
 from __future__ import annotations

@@ -27,9 +27,11 @@ is the local, smooth version used by ``mlff``:
   detached ``m_i = max(l_ii, max_k (l_ik + log u_ik))`` (the log of the largest term, so the
   largest term is exactly 1 and the denominator is ``>= 1``: no overflow, no underflow to 0/0);
   since the value does not depend on ``m_i`` at all, detaching it changes neither value nor
-  gradient, and the jump of ``m_i`` when an edge enters is invisible. An edge entering or
-  leaving the neighbour list contributes ``u exp(l) -> 0`` with its first two derivatives, so
-  node features are C2 in the positions. An isolated atom attends to itself only (weight 1).
+  gradient, and the jump of ``m_i`` when an edge enters is invisible. Edges with ``u = 0`` (at
+  the cutoff, or rounded to 0 just inside it in float32) are not in the shift, and their exponent
+  is set to 0, so their term is an exact 0 (never ``0 * inf``). An edge entering or leaving the
+  neighbour list contributes ``u exp(l) -> 0`` with its first two derivatives, so node features
+  are C2 in the positions. An isolated atom attends to itself only (weight 1).
 * **Pair update (atom -> pair).** Each layer's per-head logits ``l_ij`` (pair bias included) are
   added to ``z_ij`` through a linear map ``H -> pair_features``; the next layer's bias is a linear
   map of ``z_ij``.
@@ -46,19 +48,11 @@ Pre-LN transformer layers: ``h += Attn(LN(h))``, ``h += FFN(LN(h))`` (SiLU, widt
 ``scatter_reduce('amax')`` ops.
 
 Defaults (``features=64, pair_features=16, num_layers=2, num_heads=4, n_kernels=32,
-ffn_factor=2``) are a speed/capacity compromise (accuracy per second not yet measured on a
-training set): the layers dominate the cost, ~8 ms each against ~10 ms for the pair/density
-embedding. Timings, 256-atom periodic fcc-Cu-like cell (a = 3.61 Å, 0.1 Å noise), cutoff 4.8 Å,
-42 neighbours/atom (10.8k edges), float32, torch 2.13 CPU, energy = random readout of node and
-edge features; min of 25 runs on a 2-core machine that other jobs were loading:
+ffn_factor=2``) are a speed/capacity compromise, not yet tuned for accuracy per second on a
+training set; timings are in ``docs/measurements.md``.
 
-* forward + forces (backward wrt positions), ``set_num_threads(2)``, wall: 1 layer 20 ms,
-  2 layers 30 ms; 1 thread, process CPU time: 0 / 1 / 2 / 3 layers 10 / 17 / 25 / 32 ms.
-* one training step (forward, forces with ``create_graph``, backward of an energy + force loss):
-  2 threads wall 54 ms (1 layer), 87 ms (2 layers); 1 thread CPU 62 ms / 97 ms.
-
-The Gaussian kernels cap their squared argument so far tails never become float32 denormals
-(which made the embedding ~25% slower).
+The Gaussian kernels cap their squared argument so far tails never become float32 denormals,
+which are slow on x86 CPUs.
 """
 
 from __future__ import annotations
@@ -86,10 +80,10 @@ def unordered_pair_types(n_species: int) -> torch.Tensor:
 class GaussianKernels(nn.Module):
     """``exp(-((x - mu_k) / sigma_k)^2 / 2)``, k = 1..K, learnable means and widths (Å).
 
-    As :class:`~.layers.GaussianBasis`, but the squared argument is capped at 160: far tails
-    (``< e^-80``) would otherwise be float32 denormals, which make ``exp`` and everything
-    downstream ~5x slower on x86 CPUs. The cap changes values by < 2e-35 (and only where the
-    kernel is already that small), so it is invisible to smoothness.
+    The squared argument is capped at 160: far tails (``< e^-80``) would otherwise be float32
+    denormals, which slow ``exp`` and everything downstream on x86 CPUs. The cap changes values
+    by < 2e-35 (and only where the kernel is already that small), so it is invisible to
+    smoothness.
     """
 
     def __init__(self, n_kernels: int, start: float, stop: float) -> None:

@@ -19,9 +19,7 @@ from mlff.errors import DataError
 
 # model hyperparameters per potential and size; explicit --features/--num-layers/--model-option
 # win. EGNN: angular channels up to l = 3 and a readout per layer, without coordinate updates
-# (measured on the ethanol benchmark: each of the three lowers the force error reached in a
-# given training time; coordinate updates cost a radial basis per layer and gained nothing
-# once the angular channels carry the directions)
+# (chosen on the ethanol benchmark, benchmarks/train_ethanol.py; figures in docs/measurements.md)
 _EGNN = {"angular_order": 3, "coordinate_updates": False, "layer_readouts": True}
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "egnn": {
