@@ -7,13 +7,18 @@ the default options of ``mlff train`` (the run's own time limit unless ``--time-
 given); every ``--every`` seconds of training the EMA weights are evaluated on the test set with
 the training clock paused, so the curve is test force MAE against training wall time.
 
-Reference (the issue): MACE 0.3.16, 32 channels, L=1, correlation 3, r_max 5 Å, float32, batch 10,
-20 epochs = 9.5 min on 2 CPU cores: test force MAE 18.7 meV/Å (RMSE 26.2), energy MAE
-8.6 meV/atom.
+With ``--mace-python`` (a python in a separate environment with mace-torch, see
+``benchmarks/mace_worker.py``) MACE is trained on the same split, on the same machine and
+threads, after mlff's runs: ``mace_run_train`` with 32 channels, L=1, correlation 3, r_max 5 Å,
+float32, batch 10, ``--mace-epochs`` epochs (20), its time measured on the same ``--clock`` (the
+whole MACE process, data loading included). The table then gains a MACE row and the ratios of
+mlff's figures to MACE's. Without it only mlff's figures are printed. Record results in
+docs/measurements.md with the command, date and machine.
 
     python benchmarks/train_ethanol.py                       # egnn, default time limit
     python benchmarks/train_ethanol.py --potential egnn --potential tfn --time-limit 30
     python benchmarks/train_ethanol.py --set batch_size=32 --set lr=0.01   # try options
+    python benchmarks/train_ethanol.py --mace-python /path/macevenv/bin/python   # and MACE
 
 Prints a table per potential and one JSON object (``--json-out`` writes it to a file too).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,12 +35,6 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol_gfn2_500K.extxyz"
-MACE_REFERENCE = {
-    "training_time_s": 9.5 * 60,
-    "forces_mae_mev_per_a": 18.7,
-    "forces_rmse_mev_per_a": 26.2,
-    "energy_mae_mev_per_atom": 8.6,
-}
 
 
 def write_split(data: Path, work: Path) -> tuple[Path, Path]:
@@ -137,8 +137,32 @@ def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
     }
 
 
-def plot_curves(results: list[dict], path: Path) -> None:
-    """Test force MAE against training time, one line per run, MACE's figure as a star."""
+def run_mace(train: Path, test: Path, work: Path, args) -> dict:
+    """Train and test MACE on the same split with ``--mace-python`` (benchmarks/mace_worker.py)."""
+    command = [
+        str(args.mace_python),
+        str(Path(__file__).with_name("mace_worker.py")),
+        "train",
+        str(train.resolve()),
+        str(test.resolve()),
+        "--work",
+        str((work / "run_mace").resolve()),
+        "--epochs",
+        str(args.mace_epochs),
+        "--threads",
+        str(args.threads or 1),  # mlff's default: one thread per training process on CPU
+    ]
+    print(f"training MACE: {' '.join(command)}", file=sys.stderr, flush=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        sys.exit(f"--mace-python {args.mace_python}: mace_worker.py exited {done.returncode}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["training_time_s"] = result["cpu_time_s" if args.clock == "cpu" else "wall_time_s"]
+    return result
+
+
+def plot_curves(results: list[dict], mace: dict | None, path: Path) -> None:
+    """Test force MAE against training time, one line per run, MACE (when run) as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,14 +173,15 @@ def plot_curves(results: list[dict], path: Path) -> None:
         times = [p["training_time_s"] / 60 for p in result["curve"]]
         errors = [p["forces_mae_mev_per_a"] for p in result["curve"]]
         axis.plot(times, errors, marker="o", markersize=3, label=f"mlff {result['potential']}")
-    axis.plot(
-        [MACE_REFERENCE["training_time_s"] / 60],
-        [MACE_REFERENCE["forces_mae_mev_per_a"]],
-        marker="*",
-        markersize=12,
-        linestyle="none",
-        label="MACE 0.3.16 (issue)",
-    )
+    if mace:
+        axis.plot(
+            [mace["training_time_s"] / 60],
+            [mace["test"]["forces_mae_mev_per_a"]],
+            marker="*",
+            markersize=12,
+            linestyle="none",
+            label=f"MACE {mace['mace_version']}, {mace['epochs']} epochs (this run)",
+        )
     axis.set_yscale("log")
     axis.set_xlabel(f"training time ({results[0]['clock']} clock), min")
     axis.set_ylabel("test force MAE (meV/Å)")
@@ -165,6 +190,31 @@ def plot_curves(results: list[dict], path: Path) -> None:
     axis.legend()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def print_table(results: list[dict], mace: dict | None) -> None:
+    """One row per run (test set), then MACE's row and the mlff/MACE ratios when MACE ran."""
+    print(
+        f"{'model':10s} {'train s':>8s} {'epochs':>6s} {'F MAE':>8s} {'F RMSE':>8s} "
+        f"{'E MAE':>8s}   (test, meV/Å and meV/atom)"
+    )
+    rows = [
+        (r["potential"], r["training_time_s"], r["epochs"], r["test_model_pt"]) for r in results
+    ]
+    if mace:
+        rows.append(("MACE", mace["training_time_s"], mace["epochs"], mace["test"]))
+    for name, seconds, epochs, t in rows:
+        print(
+            f"{name:10s} {seconds:8.0f} {epochs:6d} {t['forces_mae_mev_per_a']:8.2f} "
+            f"{t['forces_rmse_mev_per_a']:8.2f} {t['energy_mae_mev_per_atom']:8.2f}"
+        )
+    for r in results if mace else []:
+        t, m = r["test_model_pt"], mace["test"]
+        print(
+            f"{r['potential']} / MACE: time x{r['training_time_s'] / mace['training_time_s']:.2f}, "
+            f"force MAE x{t['forces_mae_mev_per_a'] / m['forces_mae_mev_per_a']:.2f}, "
+            f"energy MAE x{t['energy_mae_mev_per_atom'] / m['energy_mae_mev_per_atom']:.2f}"
+        )
 
 
 def main() -> None:
@@ -189,35 +239,28 @@ def main() -> None:
         help="training time as wall time, or as this process's CPU time (with --threads 1: "
         "what the run takes alone, to compare settings on a busy machine)",
     )
+    parser.add_argument(
+        "--mace-python",
+        type=Path,
+        help="python of an environment with mace-torch: train MACE on the same split too",
+    )
+    parser.add_argument("--mace-epochs", type=int, default=20, help="MACE's max_num_epochs")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG of test force MAE against time")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = parser.parse_args()
+    if args.mace_python and not args.mace_python.is_file():
+        sys.exit(f"--mace-python {args.mace_python}: no such file")
     train, test = write_split(args.data, args.work)
     results = [run(p, train, test, args.work, args) for p in (args.potential or ["egnn"])]
-    print(
-        f"{'potential':10s} {'train s':>8s} {'epochs':>6s} {'F MAE':>8s} {'F RMSE':>8s} "
-        f"{'E MAE':>8s}   (test, meV/Å and meV/atom)"
-    )
-    for r in results:
-        t = r["test_model_pt"]
-        print(
-            f"{r['potential']:10s} {r['training_time_s']:8.0f} {r['epochs']:6d} "
-            f"{t['forces_mae_mev_per_a']:8.2f} {t['forces_rmse_mev_per_a']:8.2f} "
-            f"{t['energy_mae_mev_per_atom']:8.2f}"
-        )
-    ref = MACE_REFERENCE
-    print(
-        f"{'MACE ref':10s} {ref['training_time_s']:8.0f} {20:6d} "
-        f"{ref['forces_mae_mev_per_a']:8.2f} {ref['forces_rmse_mev_per_a']:8.2f} "
-        f"{ref['energy_mae_mev_per_atom']:8.2f}"
-    )
-    payload = {"mace_reference": ref, "results": results}
+    mace = run_mace(train, test, args.work, args) if args.mace_python else None
+    print_table(results, mace)
+    payload = {"results": results, "mace": mace}
     print(json.dumps(payload))
     if args.json_out:
         args.json_out.write_text(json.dumps(payload, indent=2))
     if args.plot:
-        plot_curves(results, args.plot)
+        plot_curves(results, mace, args.plot)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""MACE side of the benchmarks, run by ``--mace-python`` in a separate environment with mace-torch.
+
+``calculator_speed.py`` and ``train_ethanol.py`` start this script with the python given by
+``--mace-python`` (a virtual environment holding mace-torch; it never imports mlff), on the same
+machine, cores and threads as their own run, so every ratio they print comes from one run:
+
+    python3 -m venv /path/macevenv
+    /path/macevenv/bin/pip install torch==2.13.0 mace-torch      # torch first: the CPU build
+    python benchmarks/calculator_speed.py --mace-python /path/macevenv/bin/python
+
+Subcommands (each prints one JSON object on its last stdout line):
+
+* ``calls STRUCTURE... --dtypes float32,float64``: milliseconds per energy+forces call of an
+  untrained MACE model built with ``mace_run_train``'s defaults (``--channels 32 --max-l 1``:
+  hidden irreps 32x0e + 32x1o, correlation 3, two interactions, 8 Bessel functions, r_max 5 Å),
+  timed by :func:`time_calls`, the same protocol as mlff's side.
+* ``train TRAIN TEST --epochs 20``: runs ``python -m mace.cli.run_train`` on TRAIN (5 % held out
+  for validation) and reports its time (the whole process: data loading and statistics included)
+  and the test-set errors of the model it wrote, in the units mlff's benchmarks use.
+
+Only numpy and ASE are imported at module level, so the mlff side imports :func:`time_calls`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def time_calls(
+    atoms,
+    calc,
+    synchronize: Callable[[], None] | None = None,
+    min_calls: int = 3,
+    min_seconds: float = 2.0,
+    max_calls: int = 50,
+) -> float:
+    """Median seconds of one energy+forces call, each on a fresh rattle (0.02 Å) of ``atoms``.
+
+    One warm-up call first; then at least ``min_calls`` calls and ``min_seconds`` seconds, at
+    most ``max_calls`` calls. ``synchronize`` (e.g. ``torch.cuda.synchronize``) ends each call.
+    """
+    atoms = atoms.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(0)
+    base = atoms.get_positions()
+    atoms.get_forces()  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        atoms.set_positions(base + rng.normal(scale=0.02, size=base.shape))
+        tick = time.perf_counter()
+        atoms.get_forces()
+        if synchronize is not None:
+            synchronize()
+        times.append(time.perf_counter() - tick)
+        if len(times) >= max_calls:
+            break
+    return float(np.median(times))
+
+
+def hidden_irreps(channels: int, max_l: int) -> str:
+    """MACE's ``--num_channels/--max_L`` irreps: ``32x0e + 32x1o`` for 32 and 1."""
+    return " + ".join(f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(max_l + 1))
+
+
+def build_mace(atomic_numbers: list[int], args: argparse.Namespace):
+    """An untrained ScaleShiftMACE as ``mace_run_train --model MACE`` builds it (defaults)."""
+    import ast
+
+    import torch
+    from e3nn import o3
+    from mace import modules
+    from mace.tools import build_default_arg_parser
+
+    defaults = build_default_arg_parser().parse_args(["--name", "bench", "--train_file", "x"])
+    heads = ["Default"]
+    return modules.ScaleShiftMACE(
+        r_max=args.r_max,
+        num_bessel=defaults.num_radial_basis,
+        num_polynomial_cutoff=defaults.num_cutoff_basis,
+        max_ell=defaults.max_ell,
+        interaction_cls=modules.interaction_classes[defaults.interaction],
+        interaction_cls_first=modules.interaction_classes[defaults.interaction_first],
+        num_interactions=defaults.num_interactions,
+        num_elements=len(atomic_numbers),
+        hidden_irreps=o3.Irreps(hidden_irreps(args.channels, args.max_l)),
+        MLP_irreps=o3.Irreps(defaults.MLP_irreps),
+        atomic_energies=np.zeros((len(heads), len(atomic_numbers))),
+        avg_num_neighbors=20.0,
+        atomic_numbers=atomic_numbers,
+        correlation=args.correlation,
+        gate=modules.gate_dict[defaults.gate],
+        radial_MLP=ast.literal_eval(defaults.radial_MLP),
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=[0.0] * len(heads),
+        heads=heads,
+    ).to(torch.float64)
+
+
+def calls(args: argparse.Namespace) -> dict:
+    """Time MACE calls on each structure and dtype; rows keyed like calculator_speed's."""
+    import ase.io
+    import mace
+    import torch
+    from mace.calculators import MACECalculator
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else None
+    rows = []
+    for path in args.structures:
+        atoms = ase.io.read(path)
+        numbers = sorted(set(atoms.get_atomic_numbers().tolist()))
+        model = build_mace(numbers, args)
+        for dtype in args.dtypes.split(","):
+            calc = MACECalculator(
+                models=model.to(getattr(torch, dtype)), device=args.device, default_dtype=dtype
+            )
+            ms = 1e3 * time_calls(atoms, calc, synchronize)
+            rows.append({"structure": Path(path).stem, "dtype": dtype, "ms_per_call": ms})
+            print(f"  MACE {Path(path).stem} {dtype}: {ms:.2f} ms", file=sys.stderr)
+    return {"mace_version": mace.__version__, "threads": args.threads, "rows": rows}
+
+
+def errors(model_path: Path, test: Path, device: str, dtype: str) -> dict:
+    """Test-set MAE/RMSE: forces in meV/Å over components, energies in meV/atom."""
+    import ase.io
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=str(model_path), device=device, default_dtype=dtype)
+    df, de = [], []
+    for atoms in ase.io.read(str(test), index=":"):
+        reference_e, reference_f = atoms.info["REF_energy"], atoms.arrays["REF_forces"]
+        atoms.calc = calc
+        df.append((atoms.get_forces() - reference_f).ravel())
+        de.append((atoms.get_potential_energy() - reference_e) / len(atoms))
+    df, de = 1e3 * np.concatenate(df), 1e3 * np.asarray(de)
+    return {
+        "forces_mae_mev_per_a": float(np.abs(df).mean()),
+        "forces_rmse_mev_per_a": float(np.sqrt((df**2).mean())),
+        "energy_mae_mev_per_atom": float(np.abs(de).mean()),
+        "energy_rmse_mev_per_atom": float(np.sqrt((de**2).mean())),
+    }
+
+
+def with_ref_keys(source: Path, target: Path) -> Path:
+    """Copy frames with energies and forces under MACE's REF_energy / REF_forces keys."""
+    import ase.io
+
+    frames = ase.io.read(str(source), index=":")
+    for atoms in frames:
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info["REF_energy"] = energy
+        atoms.arrays["REF_forces"] = forces
+    ase.io.write(str(target), frames)
+    return target
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run mace_run_train with the benchmark's settings; time it; evaluate the model on TEST."""
+    import mace
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    train_file = with_ref_keys(args.train, work / "train_ref.extxyz")
+    test_file = with_ref_keys(args.test, work / "test_ref.extxyz")
+    command = [
+        sys.executable, "-m", "mace.cli.run_train", "--name", "mace", "--model", "MACE",
+        "--train_file", str(train_file), "--valid_fraction", "0.05",
+        "--energy_key", "REF_energy", "--forces_key", "REF_forces", "--E0s", "average",
+        "--num_channels", str(args.channels), "--max_L", str(args.max_l),
+        "--correlation", str(args.correlation), "--r_max", str(args.r_max),
+        "--batch_size", str(args.batch_size), "--max_num_epochs", str(args.epochs),
+        "--default_dtype", args.dtype, "--device", args.device, "--seed", str(args.seed),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, cwd=work, env=env, check=True, stdout=sys.stderr)
+    wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    model = work / "mace.model"
+    return {
+        "mace_version": mace.__version__,
+        "command": " ".join(command),
+        "threads": args.threads,
+        "epochs": args.epochs,
+        "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),
+        "test": errors(model, test_file, args.device, args.dtype),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("calls", "train"):
+        p = sub.add_parser(name)
+        p.add_argument("--channels", type=int, default=32)
+        p.add_argument("--max-l", type=int, default=1)
+        p.add_argument("--correlation", type=int, default=3)
+        p.add_argument("--r-max", type=float, default=5.0, help="cutoff, Å")
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--device", default="cpu")
+    p_calls = sub.choices["calls"]
+    p_calls.add_argument("structures", nargs="+", help="ASE-readable files, one structure each")
+    p_calls.add_argument("--dtypes", default="float32")
+    p_train = sub.choices["train"]
+    p_train.add_argument("train", type=Path)
+    p_train.add_argument("test", type=Path)
+    p_train.add_argument("--work", type=Path, required=True)
+    p_train.add_argument("--epochs", type=int, default=20)
+    p_train.add_argument("--batch-size", type=int, default=10)
+    p_train.add_argument("--dtype", default="float32")
+    p_train.add_argument("--seed", type=int, default=123)
+    args = parser.parse_args()
+    result = calls(args) if args.command == "calls" else train(args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
