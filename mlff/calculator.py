@@ -17,27 +17,7 @@ from mlff.files import load_model
 from mlff.forces import evaluate
 from mlff.graph import graph_from_atoms
 from mlff.model import ForceField
-
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU on this machine")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float64"``/``"float32"`` (or the torch dtype) -> torch dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+from mlff.runtime import resolve_device, resolve_dtype
 
 
 def prepare_model(

@@ -62,16 +62,16 @@ def evaluate(
     """
     import torch
 
-    from mlff.calculator import resolve_device
     from mlff.data import LabelKeys, read_labelled
     from mlff.errors import DataError
     from mlff.files import load_model
+    from mlff.runtime import resolve_device, set_threads
     from mlff.training.dataset import GraphSet
     from mlff.training.evaluation import evaluate_set
-    from mlff.training.run import set_threads
 
-    set_threads(threads, resolve_device(device))
-    model = load_model(model_path, device=resolve_device(device))
+    device = resolve_device(device)
+    set_threads(threads, device)
+    model = load_model(model_path, device=device)
     if dtype != "model":
         model = model.to(getattr(torch, dtype))
     frames = read_labelled(data, LabelKeys(energy_key, forces_key, stress_key))

@@ -27,6 +27,7 @@ from mlff.builder import build_model
 from mlff.data import LabelKeys, LabelledFrame, elements_of, read_labelled, split_indices
 from mlff.errors import DataError
 from mlff.files import atomic_write, load_model, model_from_payload, model_payload, save_model
+from mlff.runtime import resolve_device, set_threads
 from mlff.training.checkpoint import load_checkpoint, save_checkpoint
 from mlff.training.config import TrainConfig, config_from_dict, write_config
 from mlff.training.dataset import GraphSet
@@ -72,27 +73,6 @@ class Datasets:
     elements: list[str]
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
-    return torch.device(name)
-
-
-def set_threads(threads: int, device: torch.device) -> None:
-    """``threads`` > 0: that many; 0 (auto): one per process on CPU, torch's choice on GPU.
-
-    Molecular graphs make many small tensor operations, for which extra threads cost more in
-    synchronisation than they give (and are ruinous on a busy machine); the way to use more
-    cores is more processes: ``torchrun --nproc-per-node N``.
-    """
-    if threads > 0:
-        torch.set_num_threads(threads)
-    elif device.type == "cpu":
-        torch.set_num_threads(1)
-
-
 def load_datasets(config: TrainConfig) -> Datasets:
     """Read, label-check, split and graph the training, validation and test data."""
     keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
@@ -100,7 +80,10 @@ def load_datasets(config: TrainConfig) -> Datasets:
     if config.valid:
         train_frames, valid_frames = frames, read_labelled(config.valid, keys)
     else:
-        train_index, valid_index = split_indices(len(frames), config.valid_fraction, config.seed)
+        source = ", ".join(str(path) for path in config.data)
+        train_index, valid_index = split_indices(
+            len(frames), config.valid_fraction, config.seed, source
+        )
         train_frames = [frames[i] for i in train_index]
         valid_frames = [frames[i] for i in valid_index]
     test_frames = read_labelled(config.test, keys) if config.test else []
@@ -193,7 +176,7 @@ def run_training(
     """
     config.check()
     config = _absolute_paths(config)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     context = init_distributed(device.type)
     try:
         return _run(config, resume, log, monitors, clock, device, context)
