@@ -23,7 +23,7 @@ import ase
 import numpy as np
 
 from mlff.errors import DataError, StructureError
-from mlff.graph import check_structure
+from mlff.graph import check_contacts, check_structure
 
 ENERGY_KEYS = (
     "energy",
@@ -152,6 +152,7 @@ def _frame(
     energy_key, forces_key, stress_key = keys
     try:
         check_structure(atoms, where)
+        check_contacts(atoms, where)
     except StructureError as error:
         raise DataError(str(error)) from None
     for what, key in (("energy", energy_key), ("forces", forces_key), ("stress", stress_key)):
@@ -233,9 +234,12 @@ def read_labelled(
     return frames
 
 
-def split_indices(n_frames: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    n_frames: int, valid_fraction: float, seed: int, source: str = "the data"
+) -> tuple[np.ndarray, np.ndarray]:
     """Random (train, valid) index arrays: ``numpy.random.default_rng(seed).permutation``.
 
+    ``source`` names the file(s) the frames came from in errors.
     The validation part is the first ``round(valid_fraction * n_frames)`` permuted indices
     (at least one when ``valid_fraction > 0``); the training part must keep at least one frame.
     """
@@ -245,7 +249,7 @@ def split_indices(n_frames: int, valid_fraction: float, seed: int) -> tuple[np.n
     n_valid = max(1, round(valid_fraction * n_frames)) if valid_fraction > 0 else 0
     if n_frames - n_valid < 1:
         raise DataError(
-            f"{n_frames} frame(s) cannot be split into training and validation sets "
+            f"{source}: {n_frames} frame(s) cannot be split into training and validation sets "
             f"(valid fraction {valid_fraction}); give more data or --valid FILE"
         )
     return np.sort(permutation[n_valid:]), np.sort(permutation[:n_valid])

@@ -482,9 +482,15 @@ class CSVLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.columns = columns
         header_matches = False
-        if append and self.path.is_file():
+        if append and self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path) as existing:
-                header_matches = existing.readline().strip() == ",".join(columns)
+                header = existing.readline().strip()
+            header_matches = header == ",".join(columns)
+            if not header_matches:  # continuing a run must never overwrite its log
+                raise MLFFError(
+                    f"{self.path}: the log to continue has columns {header!r}, this run writes "
+                    f"{','.join(columns)!r}; give another --log"
+                )
         self.appended = header_matches
         self._file = open(self.path, "a" if header_matches else "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="")
@@ -577,7 +583,23 @@ class GracefulStop:
 
 
 class UnstableSimulation(MLFFError):
-    """The energy became NaN or infinite during a run."""
+    """The simulation left physics: a NaN or infinite energy or force, or an atom that jumped."""
+
+
+# no atom moves this far in one time step of a stable simulation: an H atom at 10,000 K moves
+# about 0.16 Å per fs, so this allows time steps of several fs and flags only real blow-ups
+MAX_STEP_DISPLACEMENT_A = 1.0
+
+
+def minimum_image(vectors: np.ndarray, atoms: ase.Atoms) -> np.ndarray:
+    """(n, 3) Å displacement vectors reduced to their shortest image along periodic axes."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return vectors
+    cell = np.asarray(atoms.get_cell())
+    fractional = np.linalg.solve(cell.T, vectors.T).T
+    fractional[:, pbc] -= np.round(fractional[:, pbc])
+    return fractional @ cell
 
 
 class _Recorder:
@@ -601,6 +623,7 @@ class _Recorder:
         self._pending_covariance: float | None = None
         self._current: tuple[int, float, float, float] | None = None  # step, time, E_pot, E_kin
         self._last_written: int | None = None
+        self._previous_positions: np.ndarray | None = None
 
     def record(self, step: int, time_fs: float, first: bool) -> None:
         """Account for the state at ``step`` and write it on the interval. A failed covariance
@@ -614,11 +637,7 @@ class _Recorder:
         potential = results["energy"] if "energy" in results else atoms.get_potential_energy()
         kinetic = atoms.get_kinetic_energy()
         self._current = (step, time_fs, potential, kinetic)
-        if not math.isfinite(potential + kinetic):
-            raise UnstableSimulation(
-                f"step {step}: the energy is not finite (the simulation blew up; "
-                "try a smaller time step)"
-            )
+        self._check_stable(step, potential + kinetic, results.get("forces"))
         self.fit.add(time_fs / FS_PER_PS, (potential + kinetic) / len(atoms))
         failure = None
         if not first:
@@ -633,6 +652,31 @@ class _Recorder:
             self._write(first)
         if failure is not None:
             raise failure
+
+    def _check_stable(self, step: int, energy: float, forces: np.ndarray | None) -> None:
+        """Raise :class:`UnstableSimulation` naming ``step`` when the state is not physical:
+        a non-finite energy or force, or an atom that moved more than MAX_STEP_DISPLACEMENT_A
+        since the previous step (minimum image in periodic directions)."""
+        hint = "the simulation blew up; try a smaller time step"
+        if forces is not None and not np.all(np.isfinite(forces)):
+            atom = int(np.argwhere(~np.isfinite(forces))[0, 0])
+            raise UnstableSimulation(
+                f"step {step}: the force on atom {atom} is not finite ({hint})"
+            )
+        if not math.isfinite(energy):
+            raise UnstableSimulation(f"step {step}: the energy is not finite ({hint})")
+        positions = self.atoms.get_positions()
+        previous, self._previous_positions = self._previous_positions, positions
+        if previous is None or previous.shape != positions.shape:
+            return
+        moved = minimum_image(positions - previous, self.atoms)
+        distances = np.linalg.norm(moved, axis=1)
+        atom = int(np.argmax(distances))
+        if distances[atom] > MAX_STEP_DISPLACEMENT_A:
+            raise UnstableSimulation(
+                f"step {step}: atom {atom} moved {distances[atom]:.3g} Å in one step, more than "
+                f"the physical {MAX_STEP_DISPLACEMENT_A} Å ({hint})"
+            )
 
     def finish(self) -> None:
         """Write the last state if the interval skipped it, so a restart continues from it."""
@@ -719,6 +763,8 @@ def run_md(
     ``progress(steps_done, elapsed_s)`` is called after every step.
     """
     settings.validate()
+    if trajectory and log and Path(trajectory).resolve() == Path(log).resolve():
+        raise MLFFError(f"{log}: the trajectory and the log would be the same file")
     rng = np.random.default_rng(settings.seed)
     initialise_momenta(atoms, settings.temperature_k, rng)
     dynamics = make_integrator(atoms, settings, rng)
@@ -758,6 +804,12 @@ def run_md(
                 error = f"covariance check failed at step {start_step + dynamics.nsteps}: {failure}"
             except UnstableSimulation as failure:
                 stopped_by, error = "unstable", str(failure)
+            except StructureError as failure:  # raised by the force call inside the step
+                stopped_by = "unstable"
+                error = (
+                    f"step {start_step + dynamics.nsteps + 1}: {failure} (the simulation blew up; "
+                    "try a smaller time step)"
+                )
             else:
                 recorder.finish()
     finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import ase
 import numpy as np
 import torch
+from ase.data import covalent_radii
 
 from mlff.errors import StructureError
 from mlff.neighbours import neighbour_list
@@ -60,6 +61,11 @@ class AtomicGraph:
         return torch.linalg.det(self.cell).abs()
 
 
+# the largest extent of a structure along a non-periodic direction: a cell list over a wider box
+# would need more cells than memory holds (and past ~1e6 Å vesin fails outright)
+MAX_SPAN_A = 1.0e5
+
+
 def check_structure(atoms: ase.Atoms, where: str = "structure") -> None:
     """Raise :class:`StructureError` naming ``where`` if ``atoms`` cannot be turned into a graph."""
     if len(atoms) == 0:
@@ -68,6 +74,15 @@ def check_structure(atoms: ase.Atoms, where: str = "structure") -> None:
     if not np.all(np.isfinite(positions)):
         bad = int(np.argwhere(~np.isfinite(positions))[0, 0])
         raise StructureError(f"{where}: position of atom {bad} is not finite (NaN or inf)")
+    if not np.all(atoms.pbc):
+        span = np.ptp(positions, axis=0)
+        if span.max() > MAX_SPAN_A:
+            axis = int(np.argmax(span))
+            low, high = int(np.argmin(positions[:, axis])), int(np.argmax(positions[:, axis]))
+            raise StructureError(
+                f"{where}: atoms {low} and {high} are {span[axis]:.3g} Å apart along axis {axis}, "
+                f"more than the {MAX_SPAN_A:g} Å a structure without a periodic cell may span"
+            )
     if np.any(atoms.pbc):
         cell = np.asarray(atoms.get_cell())
         if not np.all(np.isfinite(cell)):
@@ -80,6 +95,45 @@ def check_structure(atoms: ase.Atoms, where: str = "structure") -> None:
             )
         if np.all(atoms.pbc) and abs(np.linalg.det(cell)) < 1e-6:
             raise StructureError(f"{where}: periodic cell has zero volume")
+
+
+# two atoms closer than this fraction of the sum of their covalent radii are not a physical
+# structure (an H-H pair at 0.31 Å, a Cu-Cu pair at 1.32 Å): overlapping or duplicated atoms
+MIN_DISTANCE_FRACTION = 0.5
+
+
+def check_contacts(
+    atoms: ase.Atoms, where: str = "structure", fraction: float = MIN_DISTANCE_FRACTION
+) -> None:
+    """Raise :class:`StructureError` naming the closest pair of atoms (periodic images included)
+    that sits closer than ``fraction`` times the sum of their covalent radii (Å)."""
+    numbers = atoms.get_atomic_numbers()
+    radii = covalent_radii[numbers]
+    reach = fraction * 2.0 * float(radii.max())
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.get_cell()) if pbc.any() else np.zeros((3, 3))
+    positions = atoms.get_positions()
+    i, j, shifts = neighbour_list(positions, cell, pbc, reach)
+    if len(i) == 0:
+        return
+    distances = np.linalg.norm(positions[j] - positions[i] + shifts @ cell, axis=1)
+    minimum = fraction * (radii[i] + radii[j])
+    ratio = distances / minimum
+    worst = int(np.argmin(ratio))
+    if ratio[worst] >= 1.0:
+        return
+    a, b, d = int(i[worst]), int(j[worst]), float(distances[worst])
+    symbols = atoms.get_chemical_symbols()
+    pair = (
+        f"atom {a} ({symbols[a]}) is {d:.3g} Å from its own periodic image"
+        if a == b
+        else f"atoms {min(a, b)} ({symbols[min(a, b)]}) and {max(a, b)} ({symbols[max(a, b)]}) "
+        f"are {d:.3g} Å apart" + (" through the periodic boundary" if np.any(shifts[worst]) else "")
+    )
+    raise StructureError(
+        f"{where}: {pair}, closer than the physical minimum {minimum[worst]:.2f} Å "
+        f"({fraction:g} x the sum of their covalent radii): overlapping or duplicated atoms"
+    )
 
 
 def graph_from_atoms(atoms: ase.Atoms, cutoff: float, where: str = "structure") -> AtomicGraph:

@@ -137,3 +137,36 @@ def test_bad_structures_are_refused_with_a_clear_message(atoms, message):
         graph_from_atoms(atoms, 3.0, where="input.xyz, frame 4")
     assert str(info.value).startswith("input.xyz, frame 4:")
     assert "\n" not in str(info.value)
+
+
+def test_check_contacts_refuses_pairs_below_half_the_covalent_radii():
+    from ase.data import covalent_radii
+
+    from mlff.graph import MIN_DISTANCE_FRACTION, check_contacts
+
+    minimum = MIN_DISTANCE_FRACTION * (covalent_radii[1] + covalent_radii[8])
+    for distance, refused in ((1.001 * minimum, False), (0.999 * minimum, True)):
+        atoms = Atoms("OH", positions=[[0, 0, 0], [distance, 0, 0]])
+        if refused:
+            with pytest.raises(StructureError, match=r"w: atoms 0 \(O\) and 1 \(H\) are"):
+                check_contacts(atoms, "w")
+        else:
+            check_contacts(atoms, "w")
+
+
+def test_check_contacts_sees_periodic_images():
+    from mlff.graph import check_contacts
+
+    with pytest.raises(
+        StructureError, match="atom 0 \\(Cu\\) is 0.5 Å from its own periodic image"
+    ):
+        check_contacts(Atoms("Cu", cell=[0.5, 4, 4], pbc=True), "w")
+    check_contacts(Atoms("Cu", cell=[0.5, 4, 4], pbc=[False, True, True]), "w")
+
+
+def test_structures_wider_than_a_cell_list_can_hold_are_refused():
+    from mlff.graph import MAX_SPAN_A, check_structure
+
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 2 * MAX_SPAN_A]])
+    with pytest.raises(StructureError, match="atoms 0 and 1 are 2e\\+05 Å apart along axis 2"):
+        check_structure(atoms, "w")

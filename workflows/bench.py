@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import click
 from mlff.workflows.common import (
-    check_elements,
     cli_errors,
     emit_json,
     finite,
     load_calculator,
-    read_structures,
+    read_checked,
     runtime_options,
-    set_threads,
 )
 
 
@@ -81,15 +79,11 @@ def bench(
     import torch
 
     from mlff.dynamics import MDSettings, run_md
-    from mlff.graph import check_structure, graph_from_atoms
+    from mlff.graph import graph_from_atoms
 
-    atoms = read_structures(structure, index)[-1]
-    where = f"{structure}, frame {index}"
-    check_structure(atoms, where)
-    atoms.calc = None
-    set_threads(threads, len(atoms))
-    calculator = load_calculator(model, device=device, dtype=dtype)
-    check_elements(atoms, calculator, where)
+    structures = read_checked(structure, index)[-1:]
+    atoms = structures[0][1]
+    calculator = load_calculator(model, structures, device=device, dtype=dtype, threads=threads)
     if calculator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(calculator.device)
     settings = MDSettings(

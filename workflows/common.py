@@ -12,6 +12,8 @@ import click
 
 PYMATGEN_SUFFIXES = {".cif", ".mcif"}
 PYMATGEN_NAMES = ("POSCAR", "CONTCAR")
+# trajectories read through mdtraj, with the topology PDB that mlff md run writes beside them
+MDTRAJ_SUFFIXES = {".dcd", ".xtc", ".h5"}
 
 
 def cli_errors(function):
@@ -28,6 +30,9 @@ def cli_errors(function):
         except (MLFFError, FileNotFoundError, ValueError) as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise click.ClickException(message) from None
+        except OSError as error:  # an output that cannot be written: a folder, no permission
+            where = error.filename or "file"
+            raise click.ClickException(f"{where}: {error.strerror or error}") from None
 
     return wrapper
 
@@ -39,7 +44,8 @@ def is_pymatgen_file(path: Path) -> bool:
 
 
 def read_structures(path: str | Path, index: str | int = ":") -> list:
-    """Read ``ase.Atoms`` from any ASE-readable file, or CIF/POSCAR through pymatgen.
+    """Read ``ase.Atoms`` from any ASE-readable file, CIF/POSCAR through pymatgen, or DCD/XTC/HDF5
+    trajectories through mdtraj.
 
     ``index`` is an ASE index string (":" all frames, "-1" last). Raises ``ValueError`` with a
     one-line message naming the file when it cannot be read or holds no structure.
@@ -49,6 +55,10 @@ def read_structures(path: str | Path, index: str | int = ":") -> list:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
+    if path.suffix.lower() in MDTRAJ_SUFFIXES:
+        from mlff.dynamics import read_mdtraj_frames
+
+        return read_mdtraj_frames(path, _as_slice(index))
     try:
         if is_pymatgen_file(path):
             frames = _read_with_pymatgen(path)
@@ -64,11 +74,27 @@ def read_structures(path: str | Path, index: str | int = ":") -> list:
         if str(error).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot read structures ({_first_line(error)})") from None
+    except (StopIteration, IndexError):  # an index past the last frame
+        raise ValueError(f"{path}: has no frame {index} ({_count_frames(path)})") from None
+    except KeyError as error:  # ASE's readers look symbols up in a table
+        raise ValueError(
+            f"{path}: cannot read structures (unknown element symbol or key {error})"
+        ) from None
     except Exception as error:  # ASE and pymatgen raise many types on garbage input
         raise ValueError(f"{path}: cannot read structures ({_first_line(error)})") from None
     if not frames:
         raise ValueError(f"{path}: no structures found (index {index!r})")
     return frames
+
+
+def _count_frames(path: Path) -> str:
+    """"N frame(s)" in ``path``, for error messages."""
+    import ase.io
+
+    try:
+        return f"it holds {len(ase.io.read(str(path), index=':'))} frame(s)"
+    except Exception:  # the message is already about a bad index; counting is a courtesy
+        return "its frames could not be counted"
 
 
 def _as_slice(index: str | int):
@@ -156,11 +182,45 @@ def _jsonable(value: Any):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def load_calculator(model: str | Path, device: str = "auto", dtype: str = "float64", **kwargs):
-    """An MLFFCalculator for the model file ``model`` (one-line errors name the file)."""
-    from mlff.calculator import MLFFCalculator
+def read_checked(path: str | Path, index: str | int = ":") -> list[tuple[str, object]]:
+    """Read frames as (``where``, ``ase.Atoms``) pairs, each checked for what makes it unusable:
+    non-finite positions, a degenerate cell, overlapping atoms. ``where`` names file and frame."""
+    from mlff.graph import check_contacts, check_structure
 
-    return MLFFCalculator(str(model), device=device, dtype=dtype, **kwargs)
+    frames = read_structures(path, index)
+    single = len(frames) == 1 and ":" not in str(index)
+    checked = []
+    for k, atoms in enumerate(frames):
+        where = f"{path}, frame {index if single else k}"
+        if not single and str(index) != ":":
+            where += f" of {index}"
+        check_structure(atoms, where)
+        check_contacts(atoms, where)
+        atoms.calc = None
+        checked.append((where, atoms))
+    return checked
+
+
+def load_calculator(
+    model: str | Path,
+    structures: list[tuple[str, object]],
+    device: str = "auto",
+    dtype: str = "float64",
+    threads: int | None = None,
+    **kwargs,
+):
+    """An MLFFCalculator for the model file ``model``, ready for ``structures`` (from
+    :func:`read_checked`): torch threads set for their size, their elements checked against the
+    model's. One-line errors name the model file, or the file and frame at fault."""
+    from mlff.calculator import MLFFCalculator
+    from mlff.runtime import resolve_device, set_threads
+
+    largest = max((len(atoms) for _, atoms in structures), default=None)
+    set_threads(threads, resolve_device(device), largest)
+    calculator = MLFFCalculator(str(model), device=device, dtype=dtype, **kwargs)
+    for where, atoms in structures:
+        check_elements(atoms, calculator, where)
+    return calculator
 
 
 def check_elements(atoms, calculator, where: str) -> None:
@@ -174,21 +234,6 @@ def check_elements(atoms, calculator, where: str) -> None:
             f"{where}: element(s) {', '.join(unknown)} not known to the model, "
             f"which was built for {', '.join(calculator.model.elements)}"
         )
-
-
-# below this many atoms torch's intra-op threads cost more than they give on a CPU
-SMALL_SYSTEM_ATOMS = 1000
-
-
-def set_threads(threads: int | None, n_atoms: int | None = None) -> None:
-    """Set torch's CPU threads: ``threads`` when given, else one thread for small structures
-    (fewer than SMALL_SYSTEM_ATOMS atoms), whose tiny tensors only pay for the thread pool."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    elif n_atoms is not None and n_atoms < SMALL_SYSTEM_ATOMS:
-        torch.set_num_threads(1)
 
 
 def finite(ctx, param, value):

@@ -9,37 +9,25 @@ from pathlib import Path
 
 import click
 from mlff.workflows.common import (
-    check_elements,
+    MDTRAJ_SUFFIXES,
     cli_errors,
     emit_json,
     finite,
     load_calculator,
+    read_checked,
     read_structures,
     runtime_options,
-    set_threads,
 )
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover", "bussi")
 BAROSTATS = ("isotropic", "full")
-MDTRAJ_SUFFIXES = {".dcd", ".xtc", ".h5"}
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @click.group()
 def md() -> None:
     """Run molecular dynamics (md run) or analyse a trajectory (md analyze)."""
-
-
-def _read_frames(path: str, index: str | int):
-    """Frames of an ASE-readable/CIF/POSCAR file, or of a DCD/XTC/HDF5 file through mdtraj."""
-    if Path(path).suffix.lower() in MDTRAJ_SUFFIXES:
-        from mlff.workflows.common import _as_slice
-
-        from mlff.dynamics import read_mdtraj_frames
-
-        return read_mdtraj_frames(path, _as_slice(index))
-    return read_structures(path, index)
 
 
 class _Progress:
@@ -239,7 +227,6 @@ def run(
     step, writes that state and leaves complete files (exit status 130 or 143).
     """
     from mlff.dynamics import MDSettings, has_momenta, run_md
-    from mlff.graph import check_structure
 
     if ensemble != "nve" and temperature <= 0:
         raise click.BadParameter(
@@ -265,16 +252,14 @@ def run(
 
     start_step, start_time_fs = 0, None
     if restart is not None:
-        atoms = _read_frames(restart, -1)[-1]
-        where = f"{restart}, last frame"
-        check_structure(atoms, where)
+        where, atoms = read_checked(restart, -1)[-1]
         start_time_fs = atoms.info.get("time_fs")
         if "step" in atoms.info:
             start_step = int(atoms.info["step"])
         elif start_time_fs is not None:  # DCD/XTC/HDF5 keep the time, not the step
             start_step = round(start_time_fs / timestep)
         if structure is not None:
-            reference = _read_frames(structure, index)[-1]
+            reference = read_structures(structure, index)[-1]
             if list(reference.numbers) != list(atoms.numbers):
                 raise click.UsageError(
                     f"--restart {restart} holds other atoms than STRUCTURE {structure}"
@@ -285,21 +270,17 @@ def run(
                 err=True,
             )
     else:
-        atoms = _read_frames(structure, index)[-1]
-        where = f"{structure}, frame {index}"
-        check_structure(atoms, where)
-    atoms.calc = None
-    set_threads(threads, len(atoms))
-
+        where, atoms = read_checked(structure, index)[-1]
     calculator = load_calculator(
         model,
+        [(where, atoms)],
         device=device,
         dtype=dtype,
+        threads=threads,
         covariance_tolerance=covariance_tol,
         on_covariance_failure="raise" if on_covariance_failure == "stop" else "warn",
         seed=seed,
     )
-    check_elements(atoms, calculator, where)
     append = restart is not None
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(steps, timestep, bool(show))

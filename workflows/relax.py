@@ -6,14 +6,12 @@ from pathlib import Path
 
 import click
 from mlff.workflows.common import (
-    check_elements,
     cli_errors,
     emit_json,
     finite,
     load_calculator,
-    read_structures,
+    read_checked,
     runtime_options,
-    set_threads,
     write_structures,
 )
 
@@ -106,27 +104,22 @@ def relax(
     Structures that do not reach --fmax within --max-steps are reported as not converged and are
     left out of --out unless --keep-unconverged is given.
     """
-    from mlff.graph import check_structure
     from mlff.relaxation import relax as relax_one
 
-    inputs = []
+    checked, inputs = [], []  # (file and frame, atoms); (label in reports, atoms)
     for path in structures:
-        frames = read_structures(path, index)
-        for k, atoms in enumerate(frames):
-            label = path if len(frames) == 1 else f"{path}[{k}]"
-            check_structure(atoms, f"{path}, frame {k}")
+        frames = read_checked(path, index)
+        checked += frames
+        for k, (where, atoms) in enumerate(frames):
             if cell and not all(atoms.pbc):
                 raise click.BadParameter(
-                    f"{label} is not periodic in all three directions; relax it without --cell",
+                    f"{where} is not periodic in all three directions; relax it without --cell",
                     param_hint="'--cell'",
                 )
-            inputs.append((label, atoms))
-    set_threads(threads, max(len(atoms) for _, atoms in inputs))
+            inputs.append((path if len(frames) == 1 else f"{path}[{k}]", atoms))
     if out is not None:
         _check_output(Path(out), len(inputs))
-    calculator = load_calculator(model, device=device, dtype=dtype)
-    for label, atoms in inputs:
-        check_elements(atoms, calculator, label)
+    calculator = load_calculator(model, checked, device=device, dtype=dtype, threads=threads)
 
     results = []
     for label, atoms in inputs:
