@@ -10,10 +10,10 @@ the training clock paused, so the curve is test force MAE against training wall 
 With ``--mace-python`` (a python in a separate environment with mace-torch, see
 ``benchmarks/mace_worker.py``) MACE is trained on the same split, on the same machine and
 threads, after mlff's runs: ``mace_run_train`` with 32 channels, L=1, correlation 3, r_max 5 Å,
-float32, batch 10, ``--mace-epochs`` epochs (20), its time measured on the same ``--clock`` (the
-whole MACE process, data loading included). The table then gains a MACE row and the ratios of
-mlff's figures to MACE's. Without it only mlff's figures are printed. Record results in
-docs/measurements.md with the command, date and machine.
+float32, batch 10, EMA, lr 0.01, loss weights 1 / 100, for ``--mace-epochs`` epochs (20), its
+time taken on the same ``--clock`` (the whole MACE process, data loading included). The table
+then gains a MACE row and the ratios of mlff's figures to MACE's. Without it only mlff's figures
+are printed. Record results in docs/measurements.md with the command, date and machine.
 
     python benchmarks/train_ethanol.py                       # egnn, default time limit
     python benchmarks/train_ethanol.py --potential egnn --potential tfn --time-limit 30
