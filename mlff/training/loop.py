@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from mlff.forces import evaluate
+from mlff.signals import GracefulStop
 from mlff.training.dataset import GraphSet
 from mlff.training.distributed import Distributed
 from mlff.training.ema import ExponentialMovingAverage
@@ -99,29 +98,6 @@ class _EnergyAndForces(nn.Module):
             compute_stress=self.compute_stress,
             create_graph=True,
         )
-
-
-@contextmanager
-def stop_requests() -> Iterator[dict]:
-    """Catch SIGINT/SIGTERM as a request to stop after the current step (``flags["signal"]``)."""
-    flags: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flags
-        return
-    previous = {}
-
-    def handler(signum, frame):
-        if flags["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flags["signal"] = signal.Signals(signum).name
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    try:
-        yield flags
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 class TrainingLoop:
@@ -198,13 +174,13 @@ class TrainingLoop:
         finally:
             self._elapsed_at_start -= self.settings.clock() - start
 
-    def _sync_clock_and_stop(self, flags: dict, loss: float) -> str:
+    def _sync_clock_and_stop(self, stop: GracefulStop, loss: float) -> str:
         """Agree over processes on the elapsed time and on stopping; return the reason or ''."""
         local = torch.tensor(
             [
                 self.elapsed(),
-                1.0 if flags["signal"] == "SIGINT" else 0.0,
-                1.0 if flags["signal"] == "SIGTERM" else 0.0,
+                1.0 if stop.signal_name == "SIGINT" else 0.0,
+                1.0 if stop.signal_name == "SIGTERM" else 0.0,
                 0.0 if math.isfinite(loss) else 1.0,
             ],
             dtype=torch.float64,
@@ -243,7 +219,7 @@ class TrainingLoop:
         accumulator.update({k: v.detach() for k, v in out.items()}, batch, value)
         return value
 
-    def _epoch(self, flags: dict) -> str:
+    def _epoch(self, stop: GracefulStop) -> str:
         """Run the rest of the current epoch; return why it ended early ('' if it did not)."""
         progress, settings = self.progress, self.settings
         batches = self.train.batches(
@@ -271,7 +247,7 @@ class TrainingLoop:
             loss = self._step(batch, accumulator)
             progress.batch += 1
             progress.step += 1
-            reason = self._sync_clock_and_stop(flags, loss)
+            reason = self._sync_clock_and_stop(stop, loss)
             self.schedule.step(self.fraction())
             if bar is not None:
                 bar.update()
@@ -371,9 +347,9 @@ class TrainingLoop:
             progress.stopped = reason
             return progress
         self.schedule.step(self.fraction())
-        with stop_requests() as flags:
+        with GracefulStop() as stop:
             while not progress.stopped:
-                reason = self._epoch(flags)
+                reason = self._epoch(stop)
                 if reason in ("SIGINT", "SIGTERM"):
                     progress.stopped = reason
                     if self.context.is_main:
