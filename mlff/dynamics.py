@@ -23,8 +23,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -39,6 +37,7 @@ from ase.constraints import FixCom
 from ase.md.md import MolecularDynamics
 
 from mlff.errors import CovarianceError, MLFFError, StructureError
+from mlff.signals import GracefulStop
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover", "bussi")
@@ -294,12 +293,26 @@ def _cell_parameters(atoms: ase.Atoms) -> tuple[np.ndarray, np.ndarray] | tuple[
     )
 
 
+def standard_orientation(atoms: ase.Atoms) -> tuple[np.ndarray, np.ndarray | None]:
+    """(positions (n, 3) Å, cell (3, 3) Å or None) rotated so that the cell is the one its
+    lengths and angles imply (a along x, b in the xy plane), the only cell DCD, XTC and HDF5 can
+    hold. Without a full periodic cell the positions are returned as they are."""
+    if not is_periodic(atoms):
+        return atoms.get_positions(), None
+    from ase.geometry import cellpar_to_cell
+
+    cell = np.asarray(atoms.get_cell())
+    standard = cellpar_to_cell(atoms.cell.cellpar())
+    fractional = np.linalg.solve(cell.T, atoms.get_positions().T).T
+    return fractional @ standard, standard
+
+
 def to_mdtraj(frames: list[ase.Atoms], topology=None):
     """``mdtraj.Trajectory`` of ASE frames: coordinates in nm, unit cells in nm/degrees."""
     import mdtraj
 
     topology = topology if topology is not None else mdtraj_topology(frames[0])
-    xyz = np.stack([f.get_positions() for f in frames]) / 10.0
+    xyz = np.stack([standard_orientation(f)[0] for f in frames]) / 10.0
     lengths, angles = None, None
     if all(is_periodic(f) for f in frames):
         parameters = np.stack([f.cell.cellpar() for f in frames])
@@ -393,8 +406,9 @@ class MdtrajWriter:
 
     def write(self, atoms: ase.Atoms, step: int, time_fs: float) -> None:
         lengths, angles = _cell_parameters(atoms)
-        box = None if lengths is None else np.asarray(atoms.get_cell())[None] / 10.0
-        xyz_nm = atoms.get_positions()[None] / 10.0
+        positions, cell = standard_orientation(atoms)
+        box = None if cell is None else cell[None] / 10.0
+        xyz_nm = positions[None] / 10.0
         self._write_raw(xyz_nm, lengths, angles, box, time_fs / FS_PER_PS, step)
 
     def close(self) -> None:
@@ -546,37 +560,6 @@ class RunningLinearFit:
 
 
 # --------------------------------------------------------------------------- stopping
-
-
-class GracefulStop:
-    """While active, SIGINT and SIGTERM set :attr:`signal_name` instead of interrupting; the MD
-    loop finishes its step and stops. A second signal raises ``KeyboardInterrupt`` at once.
-
-    Handlers are installed only in the main thread (Python allows no other).
-    """
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                signum = getattr(signal, name)
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
 
 
 # --------------------------------------------------------------------------- the run

@@ -7,7 +7,6 @@ import os
 # numpy/scipy work in the tests is on tiny arrays; a BLAS thread pool only competes with torch
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from ase.build import molecule
 from mlff import build_model
 
 # ../shared/data beside the checkout; tests that read it skip when it is absent
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # (potential, encoder, hyperparameters) of the tiny models every physics test runs on
 MODEL_CONFIGS = {
