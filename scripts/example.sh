@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the bundled example (about five minutes on two CPU cores):
+# The main job on the bundled example (three to five minutes on two CPU cores; training is two):
 # train -> evaluate -> NVT MD with covariance checks -> analyse -> relax, all under runs/example/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
