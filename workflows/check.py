@@ -10,6 +10,7 @@ from mlff.workflows.common import (
     emit_json,
     load_calculator,
     read_checked,
+    runtime_options,
 )
 
 # below this largest force (eV/Å) a structure sits at a symmetric point: its forces vanish by
@@ -122,15 +123,12 @@ def _table(results: list[dict]) -> list[str]:
     help=f"Displace atoms randomly by this much (Å) first [default: {AUTO_RATTLE_A} Å when the "
     "forces vanish by symmetry, else 0].",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-)
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @cli_errors
-def check(model, structure, index, rotations, seed, rattle, device, dtype, as_json) -> None:
+def check(
+    model, structure, index, rotations, seed, rattle, device, dtype, threads, as_json
+) -> None:
     """Check MODEL's rotation/reflection/translation/permutation covariance on STRUCTURE.
 
     Force (and, for periodic cells, stress) errors are relative to the largest reference
@@ -144,7 +142,7 @@ def check(model, structure, index, rotations, seed, rattle, device, dtype, as_js
 
     structures = read_checked(structure, index)[-1:]
     atoms = structures[0][1]
-    calculator = load_calculator(model, structures, device=device, dtype=dtype)
+    calculator = load_calculator(model, structures, device=device, dtype=dtype, threads=threads)
     notes = []
     reference = predict(calculator.model, atoms)
     if rattle is None:

@@ -88,7 +88,7 @@ def read_structures(path: str | Path, index: str | int = ":") -> list:
 
 
 def _count_frames(path: Path) -> str:
-    """"N frame(s)" in ``path``, for error messages."""
+    """ "N frame(s)" in ``path``, for error messages."""
     import ase.io
 
     try:
