@@ -150,7 +150,7 @@ def test_molecule_without_cell_needs_a_volume():
 
 
 def test_dcd_reads_back_as_the_frames(tmp_path):
-    from mlff.dynamics import to_mdtraj
+    from mlff.md.trajectory import to_mdtraj
 
     frames = []
     for seed in range(3):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from mlff.dynamics import open_trajectory, read_mdtraj_frames
+from mlff.md.trajectory import open_trajectory, read_mdtraj_frames
 
 # DCD stores float32 Å; XTC rounds coordinates to 1e-3 nm
 TOLERANCE_A = {".dcd": 1e-4, ".xtc": 2e-2}

@@ -78,8 +78,9 @@ def bench(
 
     import torch
 
-    from mlff.dynamics import MDSettings, run_md
     from mlff.graph import graph_from_atoms
+    from mlff.md.ase_engine import run_md
+    from mlff.md.settings import MDSettings
 
     structures = read_checked(structure, index)[-1:]
     atoms = structures[0][1]

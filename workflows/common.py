@@ -56,7 +56,7 @@ def read_structures(path: str | Path, index: str | int = ":") -> list:
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     if path.suffix.lower() in MDTRAJ_SUFFIXES:
-        from mlff.dynamics import read_mdtraj_frames
+        from mlff.md.trajectory import read_mdtraj_frames
 
         return read_mdtraj_frames(path, _as_slice(index))
     try:

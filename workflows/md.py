@@ -226,7 +226,8 @@ def run(
     (thermostat and barostat variables start afresh). Ctrl-C or SIGTERM stops after the current
     step, writes that state and leaves complete files (exit status 130 or 143).
     """
-    from mlff.dynamics import MDSettings, has_momenta, run_md
+    from mlff.md.ase_engine import has_momenta, run_md
+    from mlff.md.settings import MDSettings
 
     if ensemble != "nve" and temperature <= 0:
         raise click.BadParameter(

@@ -1,4 +1,4 @@
-"""``mlff md run`` / ``mlff md analyze`` and the MD driver in :mod:`mlff.dynamics`."""
+"""``mlff md run`` / ``mlff md analyze`` and the MD driver in :mod:`mlff.md.ase_engine`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from mlff.workflows.cli import cli
 
 from mlff import MLFFCalculator
-from mlff.dynamics import MDSettings, RunningLinearFit, run_md
+from mlff.md.ase_engine import run_md
+from mlff.md.log import RunningLinearFit
+from mlff.md.settings import MDSettings
 from tests.workflows.conftest import broken_model, cu_vacancy
 
 # NVE tolerances, float64, dt = 1 fs, 300 steps of a 31-atom Cu cell at 300 K:
