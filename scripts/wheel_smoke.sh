@@ -38,8 +38,13 @@ step "build the wheel"
 WHEEL="$(ls "$WORK"/dist/mlff-*.whl)"
 # every package folder of the tree (a folder with __init__.py) must be in the wheel
 "$VPY" - "$WHEEL" "$WORK/src" <<'EOF'
-import sys, tomllib, zipfile
+import sys, zipfile
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the copy pip vendors
+    from pip._vendor import tomli as tomllib
 
 wheel, src = sys.argv[1], Path(sys.argv[2])
 names = set(zipfile.ZipFile(wheel).namelist())
