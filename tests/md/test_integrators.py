@@ -9,7 +9,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from ase.md.nose_hoover_chain import NoseHooverChainNVT
+from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
 from ase.md.verlet import VelocityVerlet
 
 from mlff import MLFFCalculator
@@ -28,6 +28,7 @@ from mlff.md.integrators import (
     temperature,
     velocity_verlet_step,
 )
+from mlff.md.npt import conserved_energy, isotropic_mtk_init, isotropic_mtk_step
 from mlff.md.state import SystemBatch
 from tests.conftest import ethanol, tiny_model
 
@@ -138,6 +139,43 @@ def test_nose_hoover_pulls_towards_its_target(model):
     plain = run(model, structures, 50, nve).batch
     assert torch.all(temperature(hot) > temperature(plain) + 50.0)
     assert (hot.positions - plain.positions).abs().max() > 1e-3
+
+
+def test_isotropic_mtk_matches_ase(model):
+    """Two rattled Cu cells at 10 kbar follow ASE's IsotropicMTKNPT (positions, cells, conserved
+    energy) for 50 steps while their cells change by tenths of an Å."""
+    batch = SystemBatch.from_atoms(with_momenta([cu_cell(), cu_cell(seed=5)], 300.0))
+    force_fn = model_forces(model, batch)
+    pressure, barostat_time = 1e4 * units.bar, 50.0 * units.fs
+    state = isotropic_mtk_init(
+        batch,
+        force_fn,
+        300.0,
+        pressure,
+        NHC_FRICTION,
+        barostat_time,
+        dof=3 * batch.n_atoms_per_system,
+    )
+    for _ in range(50):
+        state = isotropic_mtk_step(state, force_fn, DT)
+    conserved = conserved_energy(state)
+    for k, (atoms, part) in enumerate(zip(batch.to_atoms(), system_slices(batch), strict=True)):
+        atoms.calc = MLFFCalculator(model, device="cpu", dtype="float64")
+        start = atoms.cell.array.copy()
+        dynamics = IsotropicMTKNPT(
+            atoms,
+            timestep=DT,
+            temperature_K=300.0,
+            pressure_au=pressure,
+            tdamp=1.0 / (NHC_FRICTION * PER_PS),
+            pdamp=barostat_time,
+        )
+        dynamics.run(50)
+        assert np.abs(atoms.cell.array - start).max() > 0.05
+        positions = state.batch.positions[part].numpy()
+        np.testing.assert_allclose(positions, atoms.get_positions(), rtol=0, atol=1e-8)
+        np.testing.assert_allclose(state.batch.cell[k].numpy(), atoms.cell.array, rtol=0, atol=1e-8)
+        assert abs(conserved[k].item() - dynamics.get_conserved_energy()) < 1e-8
 
 
 # --------------------------------------------------------------------------- batch and seeds
@@ -304,5 +342,8 @@ def test_steps_do_not_sync_with_the_host(monkeypatch):
     state = nose_hoover_chain_init(state, temperatures, frictions)
     state = nose_hoover_chain_step(state, force_fn, DT)
     temperature(state.batch)
+    npt = isotropic_mtk_init(state.batch, force_fn, temperatures, 1e-3, frictions, 50.0)
+    npt = isotropic_mtk_step(npt, force_fn, DT)
     monkeypatch.undo()
     assert torch.isfinite(state.batch.positions).all()
+    assert torch.isfinite(npt.batch.cell).all()

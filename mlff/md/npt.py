@@ -1,0 +1,161 @@
+"""Isothermal–isobaric step functions: isotropic Martyna–Tobias–Klein (MTK) barostat with
+Nosé–Hoover chains, as ``ase.md.nose_hoover_chain.IsotropicMTKNPT``.
+
+Units and conventions as in :mod:`mlff.md.integrators`; pressures in eV/Å³ (bar × ase.units.bar).
+Extra symbols, per system: ε log volume strain (cell = cell₀ e^ε), p_ε its momentum (eV·t),
+W its mass (eV·t²), P the instantaneous pressure including the ideal-gas term (eV/Å³), P_ext the
+external pressure, V the volume (Å³), N the number of atoms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from mlff.md.integrators import (
+    KB,
+    ForceFn,
+    MDState,
+    NoseHooverChain,
+    Parameter,
+    _chain_half_step,
+    _evaluate,
+    _scale_momenta,
+    init_state,
+    nose_hoover_chain_init,
+    per_system,
+)
+from mlff.md.state import SystemBatch
+
+
+@dataclass
+class IsotropicBarostat:
+    """Per-system volume variable, its momentum and its own Nosé–Hoover chain."""
+
+    strain: torch.Tensor  # (n_systems,) ε, cell = reference_cell · e^ε
+    momentum: torch.Tensor  # (n_systems,) p_ε, eV·t
+    mass: torch.Tensor  # (n_systems,) W = (3N + 3) kT τ_P², eV·t²
+    pressure: torch.Tensor  # (n_systems,) P_ext, eV/Å³
+    reference_cell: torch.Tensor  # (n_systems, 3, 3) cell₀, Å
+    chain: NoseHooverChain  # thermostat of p_ε: Q₀ = 9 kT τ_P², Q_j = kT τ_P², targets kT
+
+
+@dataclass
+class NPTState(MDState):
+    """An :class:`MDState` (with stress and particle chain) and its barostat."""
+
+    barostat: IsotropicBarostat | None = None
+
+
+def _exprel(x: torch.Tensor) -> torch.Tensor:
+    """(e^x - 1)/x, 1 at x = 0."""
+    safe = torch.where(x == 0, torch.ones_like(x), x)
+    return torch.where(x == 0, torch.ones_like(x), torch.expm1(safe) / safe)
+
+
+def isotropic_mtk_init(
+    batch: SystemBatch,
+    force_fn: ForceFn,
+    temperature_k: Parameter,
+    pressure: Parameter,
+    friction_per_ps: Parameter,
+    barostat_time: Parameter,
+    chain_length: int = 3,
+    dof: Parameter | None = None,
+) -> NPTState:
+    """An NPT state at rest on its barostat: ``pressure`` P_ext (eV/Å³), thermostat coupling time
+    1/``friction_per_ps`` and ``barostat_time`` τ_P (ASE time), all per system. ``dof`` as in
+    :func:`~mlff.md.integrators.nose_hoover_chain_init`; ASE's ``IsotropicMTKNPT`` is
+    ``dof=3N``."""
+    state = nose_hoover_chain_init(
+        init_state(batch, force_fn, compute_stress=True),
+        temperature_k,
+        friction_per_ps,
+        chain_length,
+        dof,
+    )
+    kT = KB * per_system(temperature_k, batch)
+    tau = per_system(barostat_time, batch)
+    n = batch.n_atoms_per_system.to(torch.float64)
+    masses = (kT * tau**2)[:, None].repeat(1, chain_length)
+    masses[:, 0] = 9.0 * kT * tau**2
+    zeros = torch.zeros_like(masses)
+    chain = NoseHooverChain(zeros, zeros.clone(), masses, kT, kT)
+    barostat = IsotropicBarostat(
+        strain=torch.zeros_like(kT),
+        momentum=torch.zeros_like(kT),
+        mass=(3.0 * n + 3.0) * kT * tau**2,
+        pressure=per_system(pressure, batch),
+        reference_cell=batch.cell.clone(),
+        chain=chain,
+    )
+    fields = {name: getattr(state, name) for name in MDState.__dataclass_fields__}
+    return NPTState(**fields, barostat=barostat)
+
+
+def _cell_kick(state: NPTState, momentum: torch.Tensor, h: float) -> torch.Tensor:
+    """p_ε ← p_ε + h G, G = 3V (P - P_ext) + Σ p²/m / N, P = -tr(σ)/3 + 2K/(3V)."""
+    batch, barostat = state.batch, state.barostat
+    volume = batch.volumes()
+    twice_kinetic = 2.0 * batch.kinetic_energy()
+    pressure = -torch.diagonal(state.stress, dim1=1, dim2=2).sum(-1) / 3.0
+    pressure = pressure + twice_kinetic / (3.0 * volume)
+    n = batch.n_atoms_per_system.to(torch.float64)
+    force = 3.0 * volume * (pressure - barostat.pressure) + twice_kinetic / n
+    return momentum + h * force
+
+
+def _particle_kick(state: NPTState, h: float) -> torch.Tensor:
+    """p ← p e^{-x} + h F exprel(-x), x = (1 + 1/N) h p_ε / W."""
+    batch, barostat = state.batch, state.barostat
+    n = batch.n_atoms_per_system.to(torch.float64)
+    x = ((1.0 + 1.0 / n) * h * barostat.momentum / barostat.mass)[batch.system][:, None]
+    return batch.momenta * torch.exp(-x) + h * state.forces * _exprel(-x)
+
+
+def isotropic_mtk_step(state: NPTState, force_fn: ForceFn, dt: float) -> NPTState:
+    """One step of ``IsotropicMTKNPT.step`` (MTK 1994 factorisation):
+
+    C_P, C_T by dt/2;  p_ε kick dt/2;  p kick dt/2;  r ← r e^x + dt p/m exprel(x), x = dt p_ε/W;
+    ε ← ε + dt p_ε/W, cell ← cell₀ e^ε;  forces and stress;  p kick dt/2;  p_ε kick dt/2;
+    C_T, C_P by dt/2 — C_T the particles' chain, C_P the chain on p_ε (one evaluation per step).
+    """
+    if state.barostat is None or state.thermostat is None or state.stress is None:
+        raise ValueError("isotropic_mtk_step needs a state from isotropic_mtk_init")
+    half = 0.5 * dt
+    barostat = state.barostat
+    chain, scale = _chain_half_step(barostat.chain, barostat.momentum**2 / barostat.mass, half)
+    barostat = replace(barostat, momentum=barostat.momentum * scale, chain=chain)
+    thermostat, scale = _chain_half_step(state.thermostat, 2 * state.batch.kinetic_energy(), half)
+    batch = replace(state.batch, momenta=_scale_momenta(state.batch.momenta, scale, state.batch))
+    state = replace(state, batch=batch, thermostat=thermostat, barostat=barostat)
+    barostat = replace(barostat, momentum=_cell_kick(state, barostat.momentum, half))
+    state = replace(state, barostat=barostat)
+    momenta = _particle_kick(state, half)
+    x = (dt * barostat.momentum / barostat.mass)[batch.system][:, None]
+    positions = batch.positions * torch.exp(x) + dt * momenta / batch.masses[:, None] * _exprel(x)
+    strain = barostat.strain + dt * barostat.momentum / barostat.mass
+    cell = barostat.reference_cell * torch.exp(strain)[:, None, None]
+    barostat = replace(barostat, strain=strain)
+    batch = replace(batch, positions=positions, momenta=momenta, cell=cell)
+    state = _evaluate(replace(state, barostat=barostat), batch, force_fn)
+    batch = replace(state.batch, momenta=_particle_kick(state, half))
+    state = replace(state, batch=batch)
+    barostat = replace(barostat, momentum=_cell_kick(state, barostat.momentum, half))
+    thermostat, scale = _chain_half_step(state.thermostat, 2 * batch.kinetic_energy(), half)
+    batch = replace(batch, momenta=_scale_momenta(batch.momenta, scale, batch))
+    chain, scale = _chain_half_step(barostat.chain, barostat.momentum**2 / barostat.mass, half)
+    barostat = replace(barostat, momentum=barostat.momentum * scale, chain=chain)
+    return replace(state, batch=batch, thermostat=thermostat, barostat=barostat)
+
+
+def conserved_energy(state: NPTState) -> torch.Tensor:
+    """(n_systems,) eV: potential + kinetic + chains + p_ε²/2W + P_ext V."""
+    barostat = state.barostat
+    return (
+        state.conserved_energy()
+        + barostat.chain.energy()
+        + 0.5 * barostat.momentum**2 / barostat.mass
+        + barostat.pressure * state.batch.volumes()
+    )
