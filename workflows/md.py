@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
 import click
 from mlff.workflows.common import (
-    MDTRAJ_SUFFIXES,
     cli_errors,
     emit_json,
     finite,
@@ -18,6 +15,7 @@ from mlff.workflows.common import (
     read_structures,
     runtime_options,
 )
+from mlff.workflows.md_analyze import analyze
 
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover", "bussi")
@@ -87,7 +85,12 @@ def _summary_lines(summary, settings, n_atoms: int) -> list[str]:
 @md.command("run")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("structure", required=False, type=click.Path(dir_okay=False))
-@click.option("--index", default="-1", show_default=True, help="Frame of STRUCTURE (last).")
+@click.option(
+    "--index",
+    default="-1",
+    show_default=True,
+    help="Frame(s) of STRUCTURE: -1 the last, : every frame (one system each, batched engine).",
+)
 @click.option("--ensemble", type=click.Choice(ENSEMBLES), default="nve", show_default=True)
 @click.option(
     "--thermostat",
@@ -184,6 +187,30 @@ def _summary_lines(summary, settings, n_atoms: int) -> list[str]:
     default="warn",
     show_default=True,
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "ase", "batched"]),
+    default="auto",
+    show_default=True,
+    help="ase: one structure through ASE's integrators (the reference; NPT, --restart). "
+    "batched: every frame of --index x --replicas as one device batch. auto: batched on a GPU "
+    "or for several systems, else ase.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Copies of each structure, each with its own velocities (batched engine).",
+)
+@click.option(
+    "--skin",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    callback=finite,
+    help="Verlet neighbour-list skin in Å (batched engine).",
+)
 @runtime_options
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: when on a terminal]."
@@ -211,6 +238,9 @@ def run(
     covariance_every,
     covariance_tol,
     on_covariance_failure,
+    engine,
+    replicas,
+    skin,
     device,
     dtype,
     threads,
@@ -226,6 +256,8 @@ def run(
     (thermostat and barostat variables start afresh). Ctrl-C or SIGTERM stops after the current
     step, writes that state and leaves complete files (exit status 130 or 143).
     """
+    from mlff.workflows.md_batched import choose_engine, run_batched
+
     from mlff.md.ase_engine import has_momenta, run_md
     from mlff.md.settings import MDSettings
 
@@ -253,6 +285,7 @@ def run(
 
     start_step, start_time_fs = 0, None
     if restart is not None:
+        choose_engine(engine, replicas, device, ensemble, barostat, restart)
         where, atoms = read_checked(restart, -1)[-1]
         start_time_fs = atoms.info.get("time_fs")
         if "step" in atoms.info:
@@ -271,7 +304,24 @@ def run(
                 err=True,
             )
     else:
-        where, atoms = read_checked(structure, index)[-1]
+        inputs = read_checked(structure, index)
+        engine = choose_engine(engine, len(inputs) * replicas, device, ensemble, barostat, restart)
+        if engine == "batched":
+            options = dict(
+                device=device,
+                dtype=dtype,
+                threads=threads,
+                traj=traj,
+                log=log,
+                skin=skin,
+                covariance_tol=covariance_tol,
+                on_covariance_failure=on_covariance_failure,
+                as_json=as_json,
+            )
+            show = sys.stderr.isatty() if progress is None else progress
+            bar = _Progress(steps, timestep, bool(show))
+            return run_batched(model, inputs, replicas, settings, options, bar)
+        where, atoms = inputs[-1]
     calculator = load_calculator(
         model,
         [(where, atoms)],
@@ -335,81 +385,4 @@ def run(
         sys.exit(SIGNAL_EXIT_CODES[summary.stopped_by])
 
 
-# --------------------------------------------------------------------------- analyze
-
-
-@md.command("analyze")
-@click.argument("trajectory", type=click.Path(dir_okay=False))
-@click.option("--top", type=click.Path(dir_okay=False), default=None, help="Topology (PDB).")
-@click.option(
-    "--log", type=click.Path(dir_okay=False, exists=True), default=None, help="md run CSV log."
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for PNGs and summary.json [default: TRAJECTORY_analysis].",
-)
-@click.option(
-    "--r-max",
-    type=click.FloatRange(min=0, min_open=True),
-    default=6.0,
-    show_default=True,
-    callback=finite,
-    help="Largest distance in Å (at most half the narrowest cell width).",
-)
-@click.option("--bins", type=click.IntRange(min=10), default=200, show_default=True)
-@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@cli_errors
-def analyze(trajectory, top, log, out_dir, r_max, bins, stride, as_json) -> None:
-    """Analyse a trajectory: RDFs, h(r), RMSD, temperature and energy.
-
-    TRAJECTORY is a DCD/XTC/HDF5 file (mdtraj, with the topology PDB beside it or --top) or any
-    ASE-readable file. Writes PNG plots and summary.json: radial distribution functions per
-    element pair (periodic cells), the histogram h(r) of all interatomic distances, the RMSD to
-    the first frame, and temperature/energy traces from the md run log (--log, or TRAJECTORY's
-    name with .csv) or from the frames' energies and momenta. The computations are in
-    :mod:`mlff.analysis`.
-    """
-    import numpy as np
-    from mlff.workflows.plots import analysis_plots
-
-    from mlff import analysis
-
-    path = Path(trajectory)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    atoms = None
-    if path.suffix.lower() in MDTRAJ_SUFFIXES:
-        frames = analysis.read_mdtraj(path, top, stride)
-    else:
-        atoms = read_structures(path, f"::{stride}")
-        frames = analysis.Frames.from_atoms(atoms, where=str(path))
-    log_path = Path(log) if log else path.with_suffix(".csv")
-    if log_path.is_file():
-        thermo = analysis.read_thermo_log(log_path)
-    else:
-        log_path, thermo = None, analysis.thermo_from_frames(atoms) if atoms else None
-    out = Path(out_dir) if out_dir else path.with_name(f"{path.stem}_analysis")
-    out.mkdir(parents=True, exist_ok=True)
-
-    result = analysis.analyse(frames, r_max, bins)
-    summary = {"trajectory": str(path), **result.summary, "thermo": None}
-    if thermo is not None:
-        source = {"source": str(log_path or path)}
-        summary["thermo"] = {**source, **analysis.thermo_summary(thermo)}
-    if frames.time_ps is None:  # DCD keeps no time: number the frames of the file
-        time, time_label = np.arange(frames.n_frames) * stride, "frame"
-    else:
-        time, time_label = frames.time_ps, "time (ps)"
-    summary["plots"] = analysis_plots(out, result, time, time_label, thermo)
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    if as_json:
-        emit_json(summary)
-    else:
-        click.echo(f"{frames.n_frames} frames, {frames.n_atoms} atoms; wrote {summary_path}")
-        for plot in summary["plots"]:
-            click.echo(f"  {plot}")
+md.add_command(analyze)

@@ -48,6 +48,11 @@ class NPTState(MDState):
     barostat: IsotropicBarostat | None = None
 
 
+def is_npt(state: MDState) -> bool:
+    """Whether ``state`` carries a barostat."""
+    return getattr(state, "barostat", None) is not None
+
+
 def _exprel(x: torch.Tensor) -> torch.Tensor:
     """(e^x - 1)/x, 1 at x = 0."""
     safe = torch.where(x == 0, torch.ones_like(x), x)

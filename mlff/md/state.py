@@ -113,3 +113,20 @@ class SystemBatch:
             atoms.set_momenta(momenta[part])
             structures.append(atoms)
         return structures
+
+    def select(self, keep: torch.Tensor) -> SystemBatch:
+        """The batch of the systems where ``keep`` (n_systems,) bool is True, renumbered."""
+        keep = keep.to(self.device)
+        atoms = keep[self.system]
+        counts = self.n_atoms_per_system[keep]
+        system = torch.repeat_interleave(torch.arange(len(counts), device=self.device), counts)
+        return SystemBatch(
+            positions=self.positions[atoms],
+            momenta=self.momenta[atoms],
+            masses=self.masses[atoms],
+            numbers=self.numbers[atoms],
+            system=system,
+            cell=self.cell[keep],
+            pbc=self.pbc[keep],
+            n_atoms_per_system=counts,
+        )
