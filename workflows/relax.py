@@ -80,6 +80,22 @@ def _table(results) -> list[str]:
     show_default=True,
     help="Space-group tolerance in Å.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "ase", "batched"]),
+    default="auto",
+    show_default=True,
+    help="ase: one structure at a time through ASE's optimisers. batched: FIRE on many "
+    "structures at once on the device, refilled as they converge. auto: batched on a GPU "
+    "(with FIRE), else ase.",
+)
+@click.option(
+    "--max-atoms-per-batch",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Most atoms relaxed at once by the batched engine.",
+)
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @cli_errors
@@ -94,6 +110,8 @@ def relax(
     out,
     keep_unconverged,
     symprec,
+    engine,
+    max_atoms_per_batch,
     device,
     dtype,
     threads,
@@ -121,21 +139,26 @@ def relax(
         _check_output(Path(out), len(inputs))
     calculator = load_calculator(model, checked, device=device, dtype=dtype, threads=threads)
 
-    results = []
-    for label, atoms in inputs:
-        atoms.calc = None
-        results.append(
-            relax_one(
-                atoms,
-                calculator,
-                fmax=fmax,
-                optimizer=optimizer.lower(),
-                cell=cell,
-                max_steps=max_steps,
-                label=label,
-                symprec=symprec,
+    engine = _choose_engine(engine, optimizer.lower(), calculator.device)
+    if engine == "batched":
+        results = _relax_batched(calculator.model, inputs, fmax, max_steps, cell, symprec,
+                                 max_atoms_per_batch)  # fmt: skip
+    else:
+        results = []
+        for label, atoms in inputs:
+            atoms.calc = None
+            results.append(
+                relax_one(
+                    atoms,
+                    calculator,
+                    fmax=fmax,
+                    optimizer=optimizer.lower(),
+                    cell=cell,
+                    max_steps=max_steps,
+                    label=label,
+                    symprec=symprec,
+                )
             )
-        )
     unconverged = [r for r in results if not r.converged]
     written = 0
     if out is not None:
@@ -173,6 +196,39 @@ def relax(
                 "written": written,
             }
         )
+
+
+def _choose_engine(engine: str, optimizer: str, device) -> str:
+    """Resolve ``--engine auto``; the batched engine runs FIRE only."""
+    if engine == "auto":
+        engine = "batched" if device.type == "cuda" and optimizer == "fire" else "ase"
+    if engine == "batched" and optimizer != "fire":
+        raise click.BadParameter(
+            f"the batched engine runs FIRE, not {optimizer}", param_hint="'--engine'"
+        )
+    return engine
+
+
+def _relax_batched(model, inputs, fmax, max_steps, cell, symprec, max_atoms_per_batch) -> list:
+    """Relax ``inputs`` ((label, atoms) pairs) with batched FIRE and a Verlet list per batch."""
+    from mlff.md.forces import BatchedModel, ForceFunction
+    from mlff.md.neighbours import VerletList
+    from mlff.md.relax import relax_many
+
+    def force_fn(batch):
+        return ForceFunction(BatchedModel(model, batch.numbers), VerletList(model.cutoff).update)
+
+    return relax_many(
+        [atoms for _, atoms in inputs],
+        force_fn,
+        fmax=fmax,
+        max_steps=max_steps,
+        max_atoms_per_batch=max_atoms_per_batch,
+        cell=cell,
+        labels=[label for label, _ in inputs],
+        device=model.device,
+        symprec=symprec,
+    )
 
 
 def _check_output(path: Path, count: int) -> None:

@@ -27,12 +27,13 @@ def model_file(tmp_path_factory):
 
 
 def _with_momenta(atoms, seed: int, temperature_k: float = 300.0):
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    """``atoms`` with Maxwell-Boltzmann momenta at ``temperature_k`` and zero total momentum."""
+    from ase import units
 
-    MaxwellBoltzmannDistribution(
-        atoms, temperature_K=temperature_k, rng=np.random.default_rng(seed)
-    )
-    Stationary(atoms)
+    rng = np.random.default_rng(seed)
+    masses = atoms.get_masses()[:, None]
+    momenta = rng.normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * temperature_k)
+    atoms.set_momenta(momenta - masses * momenta.sum(0) / masses.sum())
     return atoms
 
 
@@ -128,3 +129,22 @@ def test_engine_choices_are_checked(model_file, structures):
     path, _ = structures
     result = invoke(["md", "run", model_file, path, "--index", ":", "--engine", "ase"])
     assert result.exit_code == 2 and "need --engine batched" in result.output
+
+
+def test_batched_relax_equals_the_ase_engine(model_file, tmp_path):
+    frames = []
+    for k in range(3):
+        atoms = bulk("Cu", "fcc", a=3.55 + 0.05 * k, cubic=True) * (2, 1, 1)
+        atoms.rattle(0.05, seed=k)
+        frames.append(atoms)
+    path = tmp_path / "cells.extxyz"
+    ase.io.write(path, frames)
+    reports = {}
+    for engine in ("ase", "batched"):
+        args = ["relax", model_file, path, "--engine", engine, "--cell", "--fmax", "1e-4"]
+        result = invoke([*args, "--max-atoms-per-batch", "16", "--json"])
+        assert result.exit_code == 0, result.output
+        reports[engine] = json.loads(result.stdout.strip().splitlines()[-1])["structures"]
+    for ours, theirs in zip(reports["batched"], reports["ase"], strict=True):
+        assert ours["steps"] == theirs["steps"] and ours["converged"]
+        assert abs(ours["energy"] - theirs["energy"]) < 1e-8
