@@ -16,8 +16,6 @@ from ase.build import molecule
 
 from mlff import build_model
 
-# ../shared/data beside the checkout; tests that read it skip when it is absent
-
 # (potential, encoder, hyperparameters) of the tiny models every physics test runs on
 MODEL_CONFIGS = {
     "egnn": ("egnn", "none", {"features": 16, "num_layers": 2}),
