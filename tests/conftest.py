@@ -16,6 +16,17 @@ from ase.build import molecule
 
 from mlff import build_model
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models and tensors gain nothing from threads, and on a shared 2-core machine the
+    thread pool's synchronisation costs more than it gives: every test runs on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # (potential, encoder, hyperparameters) of the tiny models every physics test runs on
 MODEL_CONFIGS = {
     "egnn": ("egnn", "none", {"features": 16, "num_layers": 2}),

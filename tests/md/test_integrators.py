@@ -37,14 +37,6 @@ TRAJECTORY_TOLERANCE = 1e-8  # Å (and amu·Å/t for momenta), after 50 steps ag
 BATCH_TOLERANCE = 1e-10  # system k in a batch against system k alone
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("egnn", elements=("H", "C", "O", "Cu")).double()

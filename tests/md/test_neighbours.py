@@ -23,14 +23,6 @@ RESULT_TOLERANCE = 1e-10  # eV, eV/Å: skin list against exact list
 BACKENDS = ["vesin", "torch"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def structures() -> list[Atoms]:
     """A molecule, a rattled triclinic cell, a cell smaller than the cutoff and a slab."""
     ethanol = molecule("CH3CH2OH")

@@ -28,14 +28,6 @@ FMAX = 1e-3  # eV/Å
 SHEAR = np.array([[0.03, 0.01, 0.0], [0.01, -0.02, 0.005], [0.0, 0.005, 0.02]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     """A tiny Cu EGNN fitted to EMT, with a minimum near a = 3.6 Å."""

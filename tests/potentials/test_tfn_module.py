@@ -17,15 +17,6 @@ VARIANTS = [(l_max, attention) for l_max in (1, 2) for attention in (False, True
 VARIANT_IDS = [f"l{l_max}-{'att' if attention else 'conv'}" for l_max, attention in VARIANTS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine their syncs cost ~10 ms/op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(l_max=1, attention=False, edge_features_in=0, seed=0, **overrides) -> TFN:
     """A tiny float64 TFN with every parameter perturbed, so no symmetry bug hides in zeros."""
     torch.manual_seed(seed)

@@ -17,15 +17,6 @@ from mlff.model import ForceField
 ELEMENTS = ["H", "C", "O", "Cu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomised_model(seed: int = 0, scale: float = 0.3, elements=ELEMENTS, cutoff: float = 3.5):
     """A tiny EGNN with every weight perturbed, so energies and forces are O(1)."""
     torch.manual_seed(seed)
