@@ -36,7 +36,13 @@ from ase.md.md import MolecularDynamics
 
 from mlff.errors import CovarianceError, MLFFError, StructureError
 from mlff.md.log import CSVLog, RunningLinearFit, log_columns
-from mlff.md.settings import FS_PER_PS, SECONDS_PER_DAY, MDSettings, MDSummary
+from mlff.md.settings import (
+    FS_PER_PS,
+    MAX_STEP_DISPLACEMENT_A,
+    SECONDS_PER_DAY,
+    MDSettings,
+    MDSummary,
+)
 from mlff.md.trajectory import is_periodic, open_trajectory
 from mlff.signals import GracefulStop
 
@@ -124,11 +130,6 @@ def make_integrator(
 
 class UnstableSimulation(MLFFError):
     """The simulation left physics: a NaN or infinite energy or force, or an atom that jumped."""
-
-
-# no atom moves this far in one time step of a stable simulation: an H atom at 10,000 K moves
-# about 0.16 Å per fs, so this allows time steps of several fs and flags only real blow-ups
-MAX_STEP_DISPLACEMENT_A = 1.0
 
 
 def minimum_image(vectors: np.ndarray, atoms: ase.Atoms) -> np.ndarray:

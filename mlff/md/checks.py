@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from mlff.covariance import FORCE_SCALE_FLOOR, default_tolerances
-from mlff.md.ase_engine import MAX_STEP_DISPLACEMENT_A
 from mlff.md.forces import BatchedModel, ForceResult
+from mlff.md.settings import MAX_STEP_DISPLACEMENT_A
 from mlff.md.state import SystemBatch
 
 

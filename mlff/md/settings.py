@@ -19,6 +19,10 @@ TRAJECTORY_SUFFIXES = EXTXYZ_SUFFIXES | ASE_TRAJ_SUFFIXES | MDTRAJ_SUFFIXES
 FS_PER_PS = 1000.0
 SECONDS_PER_DAY = 86400.0
 
+# no atom moves this far in one time step of a stable simulation: an H atom at 10,000 K moves
+# about 0.16 Å per fs, so this allows time steps of several fs and flags only real blow-ups
+MAX_STEP_DISPLACEMENT_A = 1.0
+
 
 @dataclass
 class MDSettings:
