@@ -14,9 +14,10 @@ Ensembles (ASE integrators):
     npt  isotropic      IsotropicMTKNPT (MTK barostat + Nosé–Hoover chains), periodic cells
     npt  full           MTKNPT (full cell fluctuations), periodic cells
 
-Every run starts with zero total momentum, so the temperature counts ``3N - 3`` degrees of freedom;
-thermostats that count ``3N`` are given the target scaled by ``(3N - 3) / 3N`` so that the
-temperature they reach is the one asked for.
+Every run starts with zero total momentum, so the temperature counts ``3N - 3`` degrees of freedom.
+The Nosé–Hoover chain and Bussi thermostats are told so (ASE's count 3N), which keeps both the
+mean and the fluctuations of the kinetic energy canonical; the MTK barostats, which offer no such
+setting, are given the target scaled by ``(3N - 3) / 3N`` so that the mean temperature is right.
 """
 
 from __future__ import annotations
@@ -98,15 +99,33 @@ def make_integrator(
                 fixcm=False,
                 rng=rng,
             )
+        dof = degrees_of_freedom(atoms)
         if settings.thermostat == "nose-hoover":
-            from ase.md.nose_hoover_chain import NoseHooverChainNVT
+            from ase.md.nose_hoover_chain import NoseHooverChainNVT, NoseHooverChainThermostat
 
-            return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=target, tdamp=coupling)
+            dynamics = NoseHooverChainNVT(
+                atoms, timestep=dt, temperature_K=settings.temperature_k, tdamp=coupling
+            )
+            # ASE's chain counts 3N degrees of freedom; counted as 3N - 3 (a fractional number
+            # of atoms), the first link drives 2K to (3N - 3) kT and every other link sits at
+            # kT, so both the mean and the fluctuations of K are canonical
+            dynamics._thermostat = NoseHooverChainThermostat(
+                num_atoms_global=dof / 3.0,
+                masses=dynamics.masses,
+                temperature_K=settings.temperature_k,
+                tdamp=coupling,
+            )
+            return dynamics
         from ase.md.bussi import Bussi
 
         if atoms.get_kinetic_energy() <= 0:
             raise ValueError("bussi needs non-zero initial momenta (temperature_k > 0)")
-        return Bussi(atoms, timestep=dt, temperature_K=target, taut=coupling, rng=rng)
+        dynamics = Bussi(
+            atoms, timestep=dt, temperature_K=settings.temperature_k, taut=coupling, rng=rng
+        )
+        dynamics.ndof = dof  # 3N - 3: the target kinetic energy and the noise's dof follow
+        dynamics.target_kinetic_energy = 0.5 * dynamics.temp * dof
+        return dynamics
     # npt
     if not is_periodic(atoms):
         raise StructureError(
