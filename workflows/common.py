@@ -51,6 +51,7 @@ def read_structures(path: str | Path, index: str | int = ":") -> list:
     one-line message naming the file when it cannot be read or holds no structure.
     """
     import ase.io
+    from ase.io.formats import UnknownFileTypeError
 
     path = Path(path)
     if not path.is_file():
@@ -76,6 +77,11 @@ def read_structures(path: str | Path, index: str | int = ":") -> list:
         raise ValueError(f"{path}: cannot read structures ({_first_line(error)})") from None
     except (StopIteration, IndexError):  # an index past the last frame
         raise ValueError(f"{path}: has no frame {index} ({_count_frames(path)})") from None
+    except UnknownFileTypeError as error:
+        raise ValueError(
+            f"{path}: not a structure file ASE or pymatgen reads ({_first_line(error)}); "
+            "use extxyz, .traj, CIF, POSCAR or another ASE format"
+        ) from None
     except KeyError as error:  # ASE's readers look symbols up in a table
         raise ValueError(
             f"{path}: cannot read structures (unknown element symbol or key {error})"

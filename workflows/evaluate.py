@@ -24,7 +24,13 @@ JSON_KEYS = (
 @click.option("--energy-key", help="Key of the energies (default: detect).")
 @click.option("--forces-key", help="Key of the forces (default: detect).")
 @click.option("--stress-key", help="Key of the stress or virial (default: detect).")
-@click.option("--batch-size", default=64, show_default=True, help="Structures per batch.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Structures per batch.",
+)
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )

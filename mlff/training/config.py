@@ -8,6 +8,7 @@ The command line, a ``--config`` YAML file and the ``config.yaml`` a run writes 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,10 @@ class TrainConfig:
         problems = []
         if not self.data:
             problems.append("no training data given")
+        for option in dataclasses.fields(self):
+            value = getattr(self, option.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{option.name} must be a finite number, got {value}")
         if not 0.0 <= self.valid_fraction < 1.0:
             problems.append(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.cutoff <= 0:

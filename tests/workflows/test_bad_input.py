@@ -179,3 +179,31 @@ def test_trajectory_and_log_on_one_path_are_refused(model_file, ethanol_file, tm
     args = ["md", "run", model_file, ethanol_file, "--traj", path, "--log", path]
     assert "would be the same file" in one_line_error(invoke(args))
     assert not path.exists()
+
+
+def test_a_model_file_given_as_a_structure_is_named(model_file):
+    line = one_line_error(invoke(["md", "analyze", model_file]))
+    assert "tiny.pt: not a structure file" in line
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "{data}", "--lr", "nan"], "lr must be a finite number"),
+        (["eval", "{model}", "{data}", "--batch-size", "0"], "'--batch-size'"),
+    ],
+)
+def test_option_values_out_of_range_name_the_option(model_file, tmp_path, args, needle):
+    atoms = molecule("CH3CH2OH")
+    frames = []
+    for k in range(3):
+        frame = atoms.copy()
+        frame.rattle(0.01, seed=k)
+        frame.calc = SinglePointCalculator(frame, energy=-1.0, forces=frame.positions * 0)
+        frames.append(frame)
+    data = tmp_path / "data.extxyz"
+    ase.io.write(data, frames)
+    filled = [a.format(model=model_file, data=data) for a in args]
+    if filled[0] == "train":
+        filled += ["--out", str(tmp_path / "run")]
+    assert needle in one_line_error(invoke(filled))
