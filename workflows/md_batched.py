@@ -13,7 +13,7 @@ def choose_engine(
     from mlff.runtime import resolve_device
 
     if engine == "auto":
-        if restart is not None or (ensemble == "npt" and barostat != "isotropic"):
+        if restart is not None:
             engine = "ase"
         else:
             on_gpu = resolve_device(device).type == "cuda"
@@ -22,11 +22,6 @@ def choose_engine(
         raise click.UsageError(
             f"{n_systems} systems (frames x --replicas) need --engine batched; "
             "the ASE engine runs one structure"
-        )
-    if engine == "batched" and ensemble == "npt" and barostat != "isotropic":
-        raise click.BadParameter(
-            "the batched engine's NPT is isotropic; use --engine ase for --barostat full",
-            param_hint="'--engine'",
         )
     if engine == "batched" and restart is not None:
         raise click.BadParameter(

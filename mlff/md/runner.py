@@ -101,9 +101,7 @@ def _stepper(settings: MDSettings, generator: torch.Generator) -> Callable:
     if settings.ensemble == "nve":
         return steps.velocity_verlet_step
     if settings.ensemble == "npt":
-        if settings.barostat != "isotropic":
-            raise ValueError("the batched engine's NPT is isotropic; use --engine ase for full")
-        return npt.isotropic_mtk_step
+        return npt.isotropic_mtk_step if settings.barostat == "isotropic" else npt.full_mtk_step
     if settings.thermostat == "langevin":
         return lambda s, f, dt: steps.langevin_step(s, f, dt, t, gamma, generator)
     if settings.thermostat == "bussi":
@@ -160,7 +158,8 @@ def run_batched_md(
     try:
         verlet, wrapped, force_fn = setup(batch)
         if settings.ensemble == "npt":
-            state = npt.isotropic_mtk_init(
+            init = npt.isotropic_mtk_init if settings.barostat == "isotropic" else npt.full_mtk_init
+            state = init(
                 batch,
                 force_fn,
                 settings.temperature_k,
