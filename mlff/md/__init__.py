@@ -16,7 +16,7 @@ The batched engine (many systems on the model's device at once):
     neighbours.py   VerletList: pairs within cutoff + skin, rebuilt per system without host syncs
     forces.py       the model on a batch: energies, forces (and stress) from the pair list
     integrators.py  step functions: velocity Verlet, Langevin BAOAB, Nosé-Hoover chain, Bussi
-    npt.py          isotropic MTK NPT
+    npt.py          MTK NPT: isotropic and full-cell barostats
     checks.py       per-system covariance check and blow-up detection
     output.py       snapshots written by a background thread, one file per system
     runner.py       run_batched_md: the step loop behind ``mlff md run --engine batched``
