@@ -27,7 +27,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import ase
 import numpy as np
@@ -44,7 +43,7 @@ from mlff.md.settings import (
     MDSettings,
     MDSummary,
 )
-from mlff.md.trajectory import is_periodic, open_trajectory
+from mlff.md.trajectory import check_output_paths, is_periodic, open_trajectory
 from mlff.signals import GracefulStop
 
 
@@ -323,8 +322,7 @@ def run_md(
     ``progress(steps_done, elapsed_s)`` is called after every step.
     """
     settings.validate()
-    if trajectory and log and Path(trajectory).resolve() == Path(log).resolve():
-        raise MLFFError(f"{log}: the trajectory and the log would be the same file")
+    check_output_paths(trajectory, log)
     rng = np.random.default_rng(settings.seed)
     initialise_momenta(atoms, settings.temperature_k, rng)
     dynamics = make_integrator(atoms, settings, rng)

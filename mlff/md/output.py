@@ -23,7 +23,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlff.md.log import CSVLog, log_columns
 from mlff.md.settings import FS_PER_PS
-from mlff.md.trajectory import open_trajectory
+from mlff.md.trajectory import check_output_paths, open_trajectory
 
 
 def system_paths(path: str | os.PathLike, n_systems: int) -> list[Path]:
@@ -84,6 +84,8 @@ class BatchWriter:
         append: bool = False,
     ) -> None:
         self.structures = structures
+        paths = system_paths(trajectory, len(structures)) if trajectory else []
+        check_output_paths(*paths, log)
         self.writers = []
         if trajectory:
             paths = system_paths(trajectory, len(structures))

@@ -226,6 +226,27 @@ class MdtrajWriter:
         self._file.close()
 
 
+def check_output_paths(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before any file is opened (and so truncated), an output path that cannot be
+    written: a folder, a path under a file, a read-only folder, or two outputs on one path."""
+    seen = set()
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        resolved = path.resolve()
+        if resolved in seen:
+            raise MLFFError(f"{path}: two outputs would be written to the same file")
+        seen.add(resolved)
+        if path.is_dir():
+            raise MLFFError(f"{path}: is a folder, not a file to write")
+        parent = next((p for p in resolved.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise MLFFError(f"{path}: {parent} is a file, not a folder")
+        if parent is not None and not os.access(parent, os.W_OK):
+            raise MLFFError(f"{path}: folder {parent} is not writable")
+
+
 def open_trajectory(path: str | os.PathLike, atoms: ase.Atoms, append: bool = False):
     """A writer for ``path`` chosen by its extension (.extxyz/.xyz, .traj, .dcd, .xtc, .h5)."""
     path = Path(path)

@@ -177,7 +177,7 @@ def test_a_restart_never_overwrites_a_log_of_other_columns(model_file, ethanol_f
 def test_trajectory_and_log_on_one_path_are_refused(model_file, ethanol_file, tmp_path):
     path = tmp_path / "both.extxyz"
     args = ["md", "run", model_file, ethanol_file, "--traj", path, "--log", path]
-    assert "would be the same file" in one_line_error(invoke(args))
+    assert "two outputs would be written to the same file" in one_line_error(invoke(args))
     assert not path.exists()
 
 
@@ -207,3 +207,13 @@ def test_option_values_out_of_range_name_the_option(model_file, tmp_path, args, 
     if filled[0] == "train":
         filled += ["--out", str(tmp_path / "run")]
     assert needle in one_line_error(invoke(filled))
+
+
+def test_an_unwritable_log_truncates_no_trajectory(model_file, ethanol_file, tmp_path):
+    traj = tmp_path / "md.extxyz"
+    traj.write_text("earlier frames\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    args = ["md", "run", model_file, ethanol_file, "--traj", traj, "--log", blocker / "md.csv"]
+    assert "a_file is a file, not a folder" in one_line_error(invoke(args))
+    assert traj.read_text() == "earlier frames\n"
