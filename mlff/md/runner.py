@@ -95,6 +95,25 @@ class _Statistics:
         return mean_t, 1000.0 * slope.cpu().numpy()
 
 
+def advance(
+    state: steps.MDState,
+    step_fn: Callable,
+    force_fn: ForceFunction,
+    dt: float,
+    statistics: _Statistics,
+    largest_jump: torch.Tensor,
+    time_ps: float,
+) -> tuple[steps.MDState, torch.Tensor]:
+    """One step between synchronisation points: integrate, track the largest one-step jump per
+    system (Å) and add to the running statistics. Queues device work only (no host sync)."""
+    before = state.batch.positions
+    state = step_fn(state, force_fn, dt)
+    batch = state.batch
+    jump = step_jump(before, batch.positions, batch.system, batch.n_systems)
+    statistics.add(state, time_ps)
+    return state, torch.maximum(largest_jump, jump)
+
+
 def _stepper(settings: MDSettings, generator: torch.Generator) -> Callable:
     """``step(state, force_fn, dt) -> state`` for the ensemble of ``settings``."""
     t, gamma = settings.temperature_k, settings.friction_per_ps
@@ -126,6 +145,7 @@ def run_batched_md(
     stop_on_covariance_failure: bool = False,
     progress: Callable[[int, float], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    lazy_neighbours: bool | None = None,
 ) -> BatchedRunSummary:
     """Integrate ``settings.steps`` steps of every structure in ``structures`` at once.
 
@@ -133,6 +153,8 @@ def run_batched_md(
     drawn (Maxwell–Boltzmann at the settings' temperature, zero total momentum per system) unless
     every structure has them. Frames and log rows are written every ``settings.interval`` steps,
     one trajectory file per system (see :func:`mlff.md.output.system_paths`).
+    ``lazy_neighbours``: decide Verlet-list rebuilds from a flag read one step late, without a
+    host sync (default: on CUDA only; see :class:`~mlff.md.neighbours.VerletList`).
     """
     settings.validate()
     device = model.device
@@ -151,7 +173,7 @@ def run_batched_md(
     atom_steps = 0
 
     def setup(batch: SystemBatch):
-        verlet = VerletList(float(model.cutoff), skin)
+        verlet = VerletList(float(model.cutoff), skin, lazy_flag=lazy_neighbours)
         wrapped = BatchedModel(model, batch.numbers)
         return verlet, wrapped, ForceFunction(wrapped, verlet.update)
 
@@ -179,12 +201,11 @@ def run_batched_md(
             writer.submit(_snapshot(state, start_step, settings, systems, log, force_fn))
         with GracefulStop() as stop:
             for k in range(1, settings.steps + 1):
-                before = state.batch.positions
-                state = step_fn(state, force_fn, dt)
-                jump = step_jump(before, state.batch.positions, state.batch.system, len(systems))
-                largest_jump = torch.maximum(largest_jump, jump)
                 step = start_step + k
-                statistics.add(state, step * settings.timestep_fs / FS_PER_PS)
+                time_ps = step * settings.timestep_fs / FS_PER_PS
+                state, largest_jump = advance(
+                    state, step_fn, force_fn, dt, statistics, largest_jump, time_ps
+                )
                 atom_steps += state.batch.n_atoms
                 done = k
                 covariance_now = covariance_every and step % covariance_every == 0
