@@ -8,7 +8,8 @@ and the batched engine (every replica in one batch, Verlet list with a 1 Å skin
 untrained model, NVT Langevin at 300 K, 1 fs, no output files, and prints steps/s, atom-steps/s
 and the ratio. For the batched engine it also times the model's forward+backward alone on the
 same batch and pairs, and reports the engine's overhead: the share of a step spent outside the
-model. "ethanol-x256" runs 256 replicas in the batched engine; its ASE figure is one replica, so
+model (median of repeated calls; within a few per cent this is timing noise, and it can come out
+negative). "ethanol-x256" runs 256 replicas in the batched engine; its ASE figure is one replica, so
 the ratio compares atom-steps/s. Record results in docs/measurements.md with command, date and
 machine.
 """
@@ -62,13 +63,15 @@ def batched_engine(model, structures, steps: int, args) -> tuple[float, float, i
     verlet = VerletList(model.cutoff, 1.0)
     edge_index, edge_shifts = verlet.update(batch)
     wrapped = BatchedModel(model, batch.numbers)
-    calls = max(5, steps // 10)
-    _synchronise(model.device)
-    started = time.perf_counter()
-    for _ in range(calls):
+    wrapped(batch, edge_index, edge_shifts)  # warm-up
+    timings = []
+    for _ in range(max(5, min(20, steps // 10))):
+        _synchronise(model.device)
+        started = time.perf_counter()
         wrapped(batch, edge_index, edge_shifts)
-    _synchronise(model.device)
-    model_s = (time.perf_counter() - started) / calls
+        _synchronise(model.device)
+        timings.append(time.perf_counter() - started)
+    model_s = sorted(timings)[len(timings) // 2]  # median: robust to other work on the machine
     step_s = 1.0 / summary.steps_per_second
     return summary.steps_per_second, model_s / step_s, summary.neighbour_builds
 

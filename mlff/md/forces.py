@@ -63,13 +63,13 @@ class BatchedModel:
             symmetric = 0.5 * (strain + strain.transpose(1, 2))
             positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
             cell = cell + torch.bmm(cell, symmetric)
-        centre, neighbour = edge_index[0], edge_index[1]
         shifts = edge_shifts.to(dtype)
-        vectors = positions[neighbour] - positions[centre]
-        vectors = vectors + torch.einsum("ek,ekl->el", shifts, cell[system[centre]])
-        if self.mask_edges:
-            inside = torch.linalg.vector_norm(vectors.detach(), dim=-1) < self.cutoff
-            vectors, edge_index = vectors[inside], edge_index[:, inside]
+        if self.mask_edges:  # select on detached vectors: no gradient flows through the rest
+            with torch.no_grad():
+                inside = _vectors(positions, cell, system, edge_index, shifts).norm(dim=-1)
+                inside = inside < self.cutoff
+            edge_index, shifts = edge_index[:, inside], shifts[inside]
+        vectors = _vectors(positions, cell, system, edge_index, shifts)
         energies = self.model.atomic_energies(self.species, edge_index, vectors)
         energy = torch.zeros(state.n_systems, dtype=torch.float64, device=energies.device)
         energy = energy.index_add(0, system, energies)
@@ -85,6 +85,13 @@ class BatchedModel:
             stress = gradients[1].to(torch.float64) / safe.view(-1, 1, 1)
             stress = torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))
         return ForceResult(energy=energy.detach(), forces=forces.detach(), stress=stress)
+
+
+def _vectors(positions, cell, system, edge_index, shifts) -> torch.Tensor:
+    """(n_pairs, 3) Å: ``x_j - x_i + S @ cell`` of each pair."""
+    centre, neighbour = edge_index[0], edge_index[1]
+    images = torch.einsum("ek,ekl->el", shifts, cell[system[centre]])
+    return positions[neighbour] - positions[centre] + images
 
 
 class ForceFunction:
