@@ -277,3 +277,17 @@ def test_analyse_clamps_r_max_and_reports_rdf_only_with_a_cell():
     molecule_result = analyse(Frames.from_atoms([molecule("CH3CH2OH")]), 6.0, 60)
     assert molecule_result.rdf is None and molecule_result.summary["rdf"] is None
     assert molecule_result.h.sum() == 36
+
+
+def test_a_batched_log_is_read_one_system_at_a_time(tmp_path):
+    path = tmp_path / "md.csv"
+    path.write_text(
+        "system,step,time_ps,potential_energy_ev,kinetic_energy_ev,total_energy_ev,temperature_k\n"
+        "0,0,0,-1,1,0,300\n1,0,0,-2,1,-1,400\n0,10,0.01,-1,1,0,310\n1,10,0.01,-2,1,-1,410\n"
+    )
+    traces = read_thermo_log(path, system=1)
+    np.testing.assert_array_equal(traces["temperature_k"], [400.0, 410.0])
+    with pytest.raises(ValueError, match="md.csv: the log holds 2 systems"):
+        read_thermo_log(path)
+    with pytest.raises(ValueError, match="no rows of system 5"):
+        read_thermo_log(path, system=5)

@@ -67,7 +67,7 @@ def analyze(trajectory, top, log, out_dir, r_max, bins, stride, as_json) -> None
         frames = analysis.Frames.from_atoms(atoms, where=str(path))
     log_path = Path(log) if log else path.with_suffix(".csv")
     if log_path.is_file():
-        thermo = analysis.read_thermo_log(log_path)
+        thermo = analysis.read_thermo_log(log_path, _system_number(path))
     else:
         log_path, thermo = None, analysis.thermo_from_frames(atoms) if atoms else None
     out = Path(out_dir) if out_dir else path.with_name(f"{path.stem}_analysis")
@@ -91,3 +91,11 @@ def analyze(trajectory, top, log, out_dir, r_max, bins, stride, as_json) -> None
         click.echo(f"{frames.n_frames} frames, {frames.n_atoms} atoms; wrote {summary_path}")
         for plot in summary["plots"]:
             click.echo(f"  {plot}")
+
+
+def _system_number(path: Path) -> int | None:
+    """The system of a batched run's trajectory (``md_sys003.extxyz`` -> 3), else None."""
+    import re
+
+    match = re.search(r"_sys(\d+)$", path.stem)
+    return int(match.group(1)) if match else None

@@ -16,11 +16,13 @@ from mlff.analysis._frames import FS_PER_PS
 THERMO_KEYS = ("time_ps", "temperature_k", "potential_energy_ev", "total_energy_ev")
 
 
-def read_thermo_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_thermo_log(path: str | os.PathLike, system: int | None = None) -> dict[str, np.ndarray]:
     """Temperature and energy traces of an ``mlff md run`` CSV log.
 
     Returns {"time_ps", "temperature_k", "potential_energy_ev", "total_energy_ev"}, each
-    (n_rows,); empty cells are NaN. Raises ``ValueError`` naming the file (and row) otherwise.
+    (n_rows,); empty cells are NaN. A log of the batched engine (a ``system`` column) holds
+    several systems: ``system`` chooses one, and is required when there are several. Raises
+    ``ValueError`` naming the file (and row) otherwise.
     """
     try:
         with open(path, newline="") as handle:
@@ -29,6 +31,17 @@ def read_thermo_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not an mlff md log ({error})") from None
     if not rows or "time_ps" not in rows[0]:
         raise ValueError(f"{path}: not an mlff md log (no time_ps column)")
+    if "system" in rows[0]:
+        systems = sorted({row["system"] for row in rows})
+        if system is None and len(systems) > 1:
+            raise ValueError(
+                f"{path}: the log holds {len(systems)} systems; analyse one system's "
+                "trajectory (md_sysNNN.*), whose number chooses its rows"
+            )
+        if system is not None:
+            rows = [row for row in rows if row["system"] == str(system)]
+            if not rows:
+                raise ValueError(f"{path}: no rows of system {system} (it holds {systems})")
     traces = {key: np.full(len(rows), math.nan) for key in THERMO_KEYS}
     for k, row in enumerate(rows):
         for key in THERMO_KEYS:
