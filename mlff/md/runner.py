@@ -199,10 +199,19 @@ def run_batched_md(
         largest_jump = torch.zeros(batch.n_systems, dtype=torch.float64, device=device)
         if not append:
             writer.submit(_snapshot(state, start_step, settings, systems, log, force_fn))
+        # the log's pressure needs the stress of logged steps: their own force evaluation
+        # computes it (a step keeps the stress when the state holds one), instead of another
+        stress_for_log = bool(log) and any(bool(np.all(a.pbc)) for a in structures)
+        keeps_stress = settings.ensemble == "npt"
         with GracefulStop() as stop:
             for k in range(1, settings.steps + 1):
                 step = start_step + k
                 time_ps = step * settings.timestep_fs / FS_PER_PS
+                logged = step % settings.interval == 0 or k == settings.steps
+                if stress_for_log and logged and not keeps_stress:
+                    state = replace(
+                        state, stress=state.batch.cell.new_zeros(state.batch.cell.shape)
+                    )
                 state, largest_jump = advance(
                     state, step_fn, force_fn, dt, statistics, largest_jump, time_ps
                 )
@@ -269,7 +278,7 @@ def run_batched_md(
                 for system in systems:
                     reports[system].last_step = step
                 good = [i for i, s in enumerate(systems) if s not in errors]
-                if good and (step % settings.interval == 0 or k == settings.steps):
+                if good and logged:
                     keep = torch.zeros(len(systems), dtype=torch.bool)
                     keep[good] = True
                     writer.submit(
@@ -283,6 +292,8 @@ def run_batched_md(
                         ),
                         covariance,
                     )
+                if not keeps_stress:
+                    state = replace(state, stress=None)
                 if errors:
                     _finish(reports, errors, statistics, systems)
                     keep = torch.tensor([s not in errors for s in systems])

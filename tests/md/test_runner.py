@@ -19,6 +19,13 @@ def invoke(args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+def _rows(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
@@ -55,15 +62,21 @@ def test_batched_engine_follows_the_ase_engine(model_file, structures, tmp_path,
     common = ["--steps", "20", "--interval", "5", "--timestep", "0.5", *extra]
     batched = invoke(
         ["md", "run", model_file, path, "--index", ":", "--engine", "batched", *common,
-         "--traj", tmp_path / "b.extxyz", "--json"]
+         "--traj", tmp_path / "b.extxyz", "--log", tmp_path / "b.csv", "--json"]
     )  # fmt: skip
     assert batched.exit_code == 0, batched.output
     for k in range(2):
         single = invoke(
             ["md", "run", model_file, path, "--index", str(k), "--engine", "ase", *common,
-             "--traj", tmp_path / f"a{k}.extxyz"]
+             "--traj", tmp_path / f"a{k}.extxyz", "--log", tmp_path / f"a{k}.csv"]
         )  # fmt: skip
         assert single.exit_code == 0, single.output
+        if k == 1:  # the periodic cell: the logged pressure (stress + ideal gas) agrees
+            ours = [r for r in _rows(tmp_path / "b.csv") if r["system"] == "1"]
+            theirs = _rows(tmp_path / "a1.csv")
+            assert len(ours) == len(theirs) == 5
+            for got, want in zip(ours, theirs, strict=True):
+                assert abs(float(got["pressure_bar"]) - float(want["pressure_bar"])) < 1e-6
         reference = ase.io.read(tmp_path / f"a{k}.extxyz", ":")
         frames = ase.io.read(tmp_path / f"b_sys{k:03d}.extxyz", ":")
         assert [f.info["step"] for f in frames] == [f.info["step"] for f in reference]
