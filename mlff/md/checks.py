@@ -88,7 +88,7 @@ def check_covariance(
 NOT_FINITE, OUTRAN_SKIN, JUMPED = 1, 2, 4
 REASONS = {
     NOT_FINITE: "a non-finite energy, force or position",
-    OUTRAN_SKIN: "an atom outran the neighbour-list skin between rebuilds",
+    OUTRAN_SKIN: "an atom outran the neighbour-list skin between rebuilds; a larger --skin helps",
     JUMPED: f"an atom moved more than {MAX_STEP_DISPLACEMENT_A} Å in one step",
 }
 

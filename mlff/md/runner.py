@@ -177,6 +177,7 @@ def run_batched_md(
         wrapped = BatchedModel(model, batch.numbers)
         return verlet, wrapped, ForceFunction(wrapped, verlet.update)
 
+    earlier_builds = 0  # builds of the lists replaced when systems left the batch
     try:
         verlet, wrapped, force_fn = setup(batch)
         if settings.ensemble == "npt":
@@ -303,6 +304,7 @@ def run_batched_md(
                     statistics.select(keep.to(device))
                     largest_jump = largest_jump[keep.to(device)]
                     state = _select(state, keep)
+                    earlier_builds += verlet.n_builds
                     verlet, wrapped, force_fn = setup(state.batch)
                 if progress is not None:
                     progress(k, time.perf_counter() - started)
@@ -320,7 +322,7 @@ def run_batched_md(
         steps_per_second=rate,
         atom_steps_per_second=atom_steps / elapsed if elapsed > 0 else 0.0,
         ns_per_day=rate * settings.timestep_fs * 1e-6 * SECONDS_PER_DAY,
-        neighbour_builds=int(verlet.n_builds),
+        neighbour_builds=earlier_builds + int(verlet.n_builds),
         systems=[reports[k] for k in sorted(reports)],
         stopped_by=stopped_by,
     )
