@@ -50,6 +50,20 @@ def peak_memory_mb(device) -> tuple[float, str]:
     callback=finite,
     help="K",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["ase", "batched"]),
+    default="ase",
+    show_default=True,
+    help="The MD engine to time (batched: --replicas copies in one device batch).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Copies of STRUCTURE in the batch (batched engine).",
+)
 @runtime_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -62,6 +76,8 @@ def bench(
     warmup,
     timestep,
     temperature,
+    engine,
+    replicas,
     device,
     dtype,
     threads,
@@ -95,22 +111,38 @@ def bench(
         covariance_every=0,
         seed=seed,
     )
-    edges_start = graph_from_atoms(atoms, calculator.model.cutoff).n_edges
-    if warmup:
-        run_md(atoms, calculator, settings)
-    settings.steps = steps
-    summary = run_md(atoms, calculator, settings)
-    # the calculator alone at the final structure (fastest of a few calls: the least disturbed
-    # by other work on the machine): how much of a step is the network
-    timings = []
-    for _ in range(max(3, min(20, steps))):
-        started = time.perf_counter()
-        calculator.calculate(atoms, ["energy", "forces"], ["positions"])
-        timings.append(time.perf_counter() - started)
-    calculate_s = min(timings)
-    edges_end = graph_from_atoms(atoms, calculator.model.cutoff).n_edges
+    if replicas > 1 and engine != "batched":
+        raise click.BadParameter("--replicas needs --engine batched", param_hint="'--replicas'")
+    edges_start = replicas * graph_from_atoms(atoms, calculator.model.cutoff).n_edges
+    extra = {}
+    if engine == "batched":
+        summary, calculate_s, atoms = _time_batched(calculator.model, atoms, replicas, settings,
+                                                    steps)  # fmt: skip
+        extra = {
+            "engine": "batched",
+            "n_systems": replicas,
+            "atom_steps_per_second": summary.atom_steps_per_second,
+            "neighbour_builds": summary.neighbour_builds,
+        }
+        drifts = [r.energy_drift_mev_per_atom_per_ps for r in summary.systems]
+        drift = max((d for d in drifts if d is not None), key=abs, default=None)
+    else:
+        if warmup:
+            run_md(atoms, calculator, settings)
+        settings.steps = steps
+        summary = run_md(atoms, calculator, settings)
+        # the calculator alone at the final structure (fastest of a few calls: the least
+        # disturbed by other work on the machine): how much of a step is the network
+        timings = []
+        for _ in range(max(3, min(20, steps))):
+            started = time.perf_counter()
+            calculator.calculate(atoms, ["energy", "forces"], ["positions"])
+            timings.append(time.perf_counter() - started)
+        calculate_s = min(timings)
+        drift = summary.energy_drift_mev_per_atom_per_ps
+    edges_end = replicas * graph_from_atoms(atoms, calculator.model.cutoff).n_edges
     memory, memory_kind = peak_memory_mb(calculator.device)
-    n_atoms = len(atoms)
+    n_atoms = replicas * len(atoms)
     rate = summary.steps_per_second
     payload = {
         "structure": str(structure),
@@ -128,7 +160,8 @@ def bench(
         "step_ms": 1000.0 / rate if rate > 0 else None,
         "peak_memory_mb": memory,
         "peak_memory_kind": memory_kind,
-        "energy_drift_mev_per_atom_per_ps": summary.energy_drift_mev_per_atom_per_ps,
+        "energy_drift_mev_per_atom_per_ps": drift,
+        **extra,
     }
     lines = [
         f"{n_atoms} atoms, {edges_start} -> {edges_end} edges, {calculator.device} {dtype}, "
@@ -143,3 +176,34 @@ def bench(
         click.echo(line, err=as_json)
     if as_json:
         emit_json(payload)
+
+
+def _time_batched(model, atoms, replicas: int, settings, steps: int):
+    """(summary, seconds per model call, the first system's final structure) of the batched
+    engine on ``replicas`` copies of ``atoms``; the warm-up is ``settings.steps`` steps. The
+    model is timed alone on the starting batch (fastest of a few calls)."""
+    import time
+
+    from mlff.md.forces import BatchedModel
+    from mlff.md.neighbours import VerletList
+    from mlff.md.runner import run_batched_md
+    from mlff.md.state import SystemBatch
+
+    if settings.steps:
+        run_batched_md([atoms.copy() for _ in range(replicas)], model, settings)
+    settings.steps = steps
+    work = [atoms.copy() for _ in range(replicas)]
+    summary = run_batched_md(work, model, settings)
+    batch = SystemBatch.from_atoms(work, model.device)
+    edge_index, edge_shifts = VerletList(model.cutoff).update(batch)
+    wrapped = BatchedModel(model, batch.numbers)
+    timings = []
+    for _ in range(max(3, min(20, steps))):
+        started = time.perf_counter()
+        wrapped(batch, edge_index, edge_shifts)
+        if model.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(model.device)
+        timings.append(time.perf_counter() - started)
+    return summary, min(timings), summary.final_structures[0] or atoms

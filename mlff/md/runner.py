@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import ase
 import numpy as np
@@ -58,6 +58,8 @@ class BatchedRunSummary:
     neighbour_builds: int
     systems: list[SystemReport]
     stopped_by: str | None = None  # "SIGINT", "SIGTERM" or "covariance failure"
+    # the last state of each system (positions, momenta, cell), None for a system stopped early
+    final_structures: list[ase.Atoms | None] = field(default_factory=list)
 
 
 class _Statistics:
@@ -178,6 +180,7 @@ def run_batched_md(
         return verlet, wrapped, ForceFunction(wrapped, verlet.update)
 
     earlier_builds = 0  # builds of the lists replaced when systems left the batch
+    final: dict[int, ase.Atoms] = {}
     try:
         verlet, wrapped, force_fn = setup(batch)
         if settings.ensemble == "npt":
@@ -312,6 +315,7 @@ def run_batched_md(
                     stopped_by = stop.signal_name
                     break
         _finish(reports, {}, statistics, systems)
+        final = dict(zip(systems, state.batch.to_atoms(), strict=True))
     finally:
         writer.close()
     elapsed = time.perf_counter() - started
@@ -325,6 +329,7 @@ def run_batched_md(
         neighbour_builds=earlier_builds + int(verlet.n_builds),
         systems=[reports[k] for k in sorted(reports)],
         stopped_by=stopped_by,
+        final_structures=[final.get(k) for k in sorted(reports)],
     )
 
 

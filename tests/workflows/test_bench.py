@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from mlff.workflows.cli import cli
 
@@ -39,3 +40,14 @@ def test_bench_unknown_element_is_a_one_line_error(model_file, tmp_path):
     result = CliRunner().invoke(cli, ["bench", str(model_file), str(tmp_path / "nacl.xyz")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "nacl.xyz" in result.output.strip().splitlines()[-1]
+
+
+def test_bench_times_the_batched_engine_on_replicas(model_file, ethanol_file):
+    args = ["bench", str(model_file), str(ethanol_file), "--engine", "batched", "--replicas"]
+    result = CliRunner().invoke(cli, [*args, "4", "--steps", "5", "--warmup", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["engine"] == "batched" and payload["n_systems"] == 4
+    assert payload["steps"] == 5 and payload["n_atoms"] == 36
+    assert payload["atom_steps_per_second"] == pytest.approx(payload["steps_per_second"] * 36)
+    assert payload["neighbour_builds"] >= 1 and payload["calculator_ms"] > 0
