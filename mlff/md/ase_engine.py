@@ -15,9 +15,9 @@ Ensembles (ASE integrators):
     npt  full           MTKNPT (full cell fluctuations), periodic cells
 
 Every run starts with zero total momentum, so the temperature counts ``3N - 3`` degrees of freedom.
-The Nosé–Hoover chain and Bussi thermostats are told so (ASE's count 3N), which keeps both the
-mean and the fluctuations of the kinetic energy canonical; the MTK barostats, which offer no such
-setting, are given the target scaled by ``(3N - 3) / 3N`` so that the mean temperature is right.
+The Nosé–Hoover chains (NVT and the particles' chain of both MTK barostats) and Bussi are told so
+(ASE's count 3N), which keeps both the mean and the fluctuations of the kinetic energy canonical,
+and makes these ensembles integrate exactly as the batched engine's do.
 """
 
 from __future__ import annotations
@@ -83,8 +83,6 @@ def make_integrator(
 
         return VelocityVerlet(atoms, timestep=dt)
     coupling = 1.0 / (settings.friction_per_ps / (FS_PER_PS * units.fs))  # ASE time
-    # thermostats below count 3N degrees of freedom; ours has 3N - 3 (zero total momentum)
-    target = settings.temperature_k * degrees_of_freedom(atoms) / (3 * len(atoms))
     if settings.ensemble == "nvt":
         if settings.thermostat == "langevin":
             from ase.md.langevin import Langevin
@@ -132,18 +130,26 @@ def make_integrator(
         )
     if atoms.constraints:
         raise StructureError("npt (MTK barostat) does not support constraints on the atoms")
-    from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
+    from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT, NoseHooverChainThermostat
 
     barostat_time = settings.barostat_time_fs or 1000.0 * settings.timestep_fs
     integrator = IsotropicMTKNPT if settings.barostat == "isotropic" else MTKNPT
-    return integrator(
+    dynamics = integrator(
         atoms,
         timestep=dt,
-        temperature_K=target,
+        temperature_K=settings.temperature_k,
         pressure_au=settings.pressure_bar * units.bar,
         tdamp=coupling,
         pdamp=barostat_time * units.fs,
     )
+    # the particles' chain counts 3N - 3 degrees of freedom, as for NVT above
+    dynamics._thermostat = NoseHooverChainThermostat(
+        num_atoms_global=degrees_of_freedom(atoms) / 3.0,
+        masses=dynamics.masses,
+        temperature_K=settings.temperature_k,
+        tdamp=coupling,
+    )
+    return dynamics
 
 
 class UnstableSimulation(MLFFError):
