@@ -14,6 +14,8 @@ PYMATGEN_SUFFIXES = {".cif", ".mcif"}
 PYMATGEN_NAMES = ("POSCAR", "CONTCAR")
 # trajectories read through mdtraj, with the topology PDB that mlff md run writes beside them
 MDTRAJ_SUFFIXES = {".dcd", ".xtc", ".h5"}
+# exit status of a run stopped by a signal (after writing its files), as shells report them
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def cli_errors(function):

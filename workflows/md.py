@@ -7,6 +7,7 @@ import time
 
 import click
 from mlff.workflows.common import (
+    SIGNAL_EXIT_CODES,
     cli_errors,
     emit_json,
     finite,
@@ -20,7 +21,6 @@ from mlff.workflows.md_analyze import analyze
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover", "bussi")
 BAROSTATS = ("isotropic", "full")
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @click.group()

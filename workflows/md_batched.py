@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from mlff.workflows.common import emit_json, load_calculator
+from mlff.workflows.common import SIGNAL_EXIT_CODES, emit_json, load_calculator
 
 
 def choose_engine(
@@ -115,6 +115,8 @@ def run_batched(
     )
     failed = [r for r in reports if r.error]
     lines += [f"stopped: {r.error}" for r in failed]
+    if summary.stopped_by:
+        lines.append(f"stopped by {summary.stopped_by} after {summary.steps} steps")
     for line in lines:
         click.echo(line, err=options["as_json"])
     if options["as_json"]:
@@ -123,3 +125,5 @@ def run_batched(
         raise click.ClickException(
             f"{len(failed)} of {len(reports)} systems stopped early; first: {failed[0].error}"
         )
+    if summary.stopped_by in SIGNAL_EXIT_CODES:
+        raise SystemExit(SIGNAL_EXIT_CODES[summary.stopped_by])

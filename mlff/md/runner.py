@@ -222,13 +222,12 @@ def run_batched_md(
                 atom_steps += state.batch.n_atoms
                 done = k
                 covariance_now = covariance_every and step % covariance_every == 0
-                if step % settings.interval and k != settings.steps and not covariance_now:
+                if not logged and not covariance_now:
                     if progress is not None:
                         progress(k, time.perf_counter() - started)
-                    if stop.signal_name is not None:
-                        stopped_by = stop.signal_name
-                        break
-                    continue
+                    if stop.signal_name is None:
+                        continue
+                    logged = True  # a signal: write this state (a restart point), then stop
                 # a synchronisation point: blow-ups, covariance, output
                 result = ForceResult(state.energy, state.forces, None)
                 bad = (
@@ -309,7 +308,7 @@ def run_batched_md(
                     state = _select(state, keep)
                     earlier_builds += verlet.n_builds
                     verlet, wrapped, force_fn = setup(state.batch)
-                if progress is not None:
+                if progress is not None and stop.signal_name is None:
                     progress(k, time.perf_counter() - started)
                 if stop.signal_name is not None:
                     stopped_by = stop.signal_name

@@ -194,3 +194,27 @@ def _capture(take_snapshot, captured: list):
         return take_snapshot(step, time_fs, systems, tensors)
 
     return wrapper
+
+
+def test_sigterm_stops_a_batched_run_after_the_step_with_valid_files(model_file, tmp_path):
+    import os
+    import signal
+
+    from mlff import load_model
+    from mlff.md.runner import run_batched_md
+    from mlff.md.settings import MDSettings
+
+    def progress(steps_done, elapsed):
+        if steps_done == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    structures = [_with_momenta(molecule("CH3CH2OH"), k) for k in range(2)]
+    settings = MDSettings(ensemble="nve", steps=50, interval=10, seed=0)
+    traj = tmp_path / "md.extxyz"
+    summary = run_batched_md(
+        structures, load_model(model_file), settings, trajectory=traj, progress=progress
+    )
+    assert summary.stopped_by == "SIGTERM" and summary.steps == 3
+    for k in range(2):
+        frames = ase.io.read(tmp_path / f"md_sys{k:03d}.extxyz", ":")
+        assert [f.info["step"] for f in frames] == [0, 3]  # the state it stopped at, written
