@@ -73,6 +73,21 @@ def _exprel(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x == 0, torch.ones_like(x), torch.expm1(safe) / safe)
 
 
+def _start(batch, force_fn, temperature_k, friction_per_ps, barostat_time, chain_length, dof):
+    """What both barostats start from: the state with stress and the particles' chain, and per
+    system kT (eV), τ_P (ASE time) and N (float64)."""
+    state = nose_hoover_chain_init(
+        init_state(batch, force_fn, compute_stress=True),
+        temperature_k,
+        friction_per_ps,
+        chain_length,
+        dof,
+    )
+    kT = KB * per_system(temperature_k, batch)
+    tau = per_system(barostat_time, batch)
+    return state, kT, tau, batch.n_atoms_per_system.to(torch.float64)
+
+
 def isotropic_mtk_init(
     batch: SystemBatch,
     force_fn: ForceFn,
@@ -87,16 +102,9 @@ def isotropic_mtk_init(
     1/``friction_per_ps`` and ``barostat_time`` τ_P (ASE time), all per system. ``dof`` as in
     :func:`~mlff.md.integrators.nose_hoover_chain_init`; ASE's ``IsotropicMTKNPT`` is
     ``dof=3N``."""
-    state = nose_hoover_chain_init(
-        init_state(batch, force_fn, compute_stress=True),
-        temperature_k,
-        friction_per_ps,
-        chain_length,
-        dof,
+    state, kT, tau, n = _start(
+        batch, force_fn, temperature_k, friction_per_ps, barostat_time, chain_length, dof
     )
-    kT = KB * per_system(temperature_k, batch)
-    tau = per_system(barostat_time, batch)
-    n = batch.n_atoms_per_system.to(torch.float64)
     barostat = IsotropicBarostat(
         strain=torch.zeros_like(kT),
         momentum=torch.zeros_like(kT),
@@ -211,16 +219,9 @@ def full_mtk_init(
     all per system. W = (N + 1) kT τ_P²; the cell's chain has Q₀ = 9 kT τ_P², Q_j = kT τ_P² and
     drives Σ p_g²/W towards 9 kT. ``dof`` as in
     :func:`~mlff.md.integrators.nose_hoover_chain_init`; ASE's ``MTKNPT`` is ``dof=3N``."""
-    state = nose_hoover_chain_init(
-        init_state(batch, force_fn, compute_stress=True),
-        temperature_k,
-        friction_per_ps,
-        chain_length,
-        dof,
+    state, kT, tau, n = _start(
+        batch, force_fn, temperature_k, friction_per_ps, barostat_time, chain_length, dof
     )
-    kT = KB * per_system(temperature_k, batch)
-    tau = per_system(barostat_time, batch)
-    n = batch.n_atoms_per_system.to(torch.float64)
     barostat = FullCellBarostat(
         momentum=batch.cell.new_zeros((batch.n_systems, 3, 3)),
         mass=(n + 1.0) * kT * tau**2,
