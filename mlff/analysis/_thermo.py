@@ -12,6 +12,7 @@ import numpy as np
 from ase import units
 
 from mlff.analysis._frames import FS_PER_PS
+from mlff.md.ase_engine import degrees_of_freedom
 
 THERMO_KEYS = ("time_ps", "temperature_k", "potential_energy_ev", "total_energy_ev")
 
@@ -58,7 +59,8 @@ def read_thermo_log(path: str | os.PathLike, system: int | None = None) -> dict[
 def thermo_from_frames(frames: Sequence[ase.Atoms]) -> dict[str, np.ndarray] | None:
     """The traces of :func:`read_thermo_log` from frames' energies and momenta (None without).
 
-    Temperature from the kinetic energy over 3N - 3 degrees of freedom (zero total momentum);
+    Temperature from the kinetic energy over 3N - 3 degrees of freedom (zero total momentum; 3 for
+    one atom, as the MD engines count them);
     time from ``info["time_fs"]``, else the frame index as fs.
     """
     traces: dict[str, list[float]] = {key: [] for key in THERMO_KEYS}
@@ -68,7 +70,7 @@ def thermo_from_frames(frames: Sequence[ase.Atoms]) -> dict[str, np.ndarray] | N
         kinetic = atoms.get_kinetic_energy()
         potential = float(atoms.calc.results["energy"])
         traces["time_ps"].append(atoms.info.get("time_fs", k) / FS_PER_PS)
-        traces["temperature_k"].append(2.0 * kinetic / (max(3 * len(atoms) - 3, 1) * units.kB))
+        traces["temperature_k"].append(2.0 * kinetic / (degrees_of_freedom(atoms) * units.kB))
         traces["potential_energy_ev"].append(potential)
         traces["total_energy_ev"].append(potential + kinetic)
     return {key: np.asarray(values) for key, values in traces.items()}

@@ -13,7 +13,7 @@ import torch
 from mlff.covariance import FORCE_SCALE_FLOOR, default_tolerances
 from mlff.md.forces import BatchedModel, ForceResult
 from mlff.md.settings import MAX_STEP_DISPLACEMENT_A
-from mlff.md.state import SystemBatch
+from mlff.md.state import SystemBatch, max_per_system, sum_per_system
 
 
 def random_rotations(n: int, generator: torch.Generator, device, reflect: bool = False):
@@ -25,12 +25,6 @@ def random_rotations(n: int, generator: torch.Generator, device, reflect: bool =
     flip = torch.linalg.det(q) < 0
     q[:, :, 0] = torch.where(flip[:, None], -q[:, :, 0], q[:, :, 0])
     return -q if reflect else q
-
-
-def per_system_max(values: torch.Tensor, system: torch.Tensor, n_systems: int) -> torch.Tensor:
-    """(n_systems,) max over each system's atoms of ``values`` (n_atoms,)."""
-    out = torch.full((n_systems,), float("-inf"), dtype=values.dtype, device=values.device)
-    return out.scatter_reduce(0, system, values, reduce="amax", include_self=True)
 
 
 @dataclass
@@ -72,8 +66,8 @@ def check_covariance(
     expected = torch.einsum("nij,nj->ni", per_atom, reference.forces)
     difference = (moved.forces - expected).abs().amax(dim=-1)
     n = state.n_systems
-    scale = per_system_max(reference.forces.abs().amax(dim=-1), state.system, n)
-    force_error = per_system_max(difference, state.system, n) / scale.clamp(min=FORCE_SCALE_FLOOR)
+    scale = max_per_system(reference.forces.abs().amax(dim=-1), state.system, n)
+    force_error = max_per_system(difference, state.system, n) / scale.clamp(min=FORCE_SCALE_FLOOR)
     energy_error = (moved.energy - reference.energy).abs() / state.n_atoms_per_system
     default_force, default_energy = default_tolerances(model.dtype)
     return BatchCovariance(
@@ -95,7 +89,7 @@ REASONS = {
 
 def step_jump(before: torch.Tensor, after: torch.Tensor, system: torch.Tensor, n: int):
     """(n_systems,) Å: the largest displacement of an atom between two positions (n_atoms, 3)."""
-    return per_system_max(torch.linalg.vector_norm(after - before, dim=-1), system, n)
+    return max_per_system(torch.linalg.vector_norm(after - before, dim=-1), system, n)
 
 
 def unstable_systems(
@@ -111,10 +105,8 @@ def unstable_systems(
     the largest one-step displacement since the last check, exceeds MAX_STEP_DISPLACEMENT_A."""
     n = state.n_systems
     bad_atoms = ~(torch.isfinite(result.forces).all(-1) & torch.isfinite(state.positions).all(-1))
-    counts = torch.zeros(n, dtype=torch.long, device=state.device)
-    not_finite = (counts.index_add(0, state.system, bad_atoms.long()) > 0) | ~torch.isfinite(
-        result.energy
-    )
+    not_finite = sum_per_system(bad_atoms.long(), state.system, n) > 0
+    not_finite = not_finite | ~torch.isfinite(result.energy)
     outran = max_displacement > 0.5 * skin
     jumped = largest_jump > MAX_STEP_DISPLACEMENT_A
     return NOT_FINITE * not_finite.long() + OUTRAN_SKIN * outran.long() + JUMPED * jumped.long()

@@ -21,7 +21,7 @@ import torch
 
 from mlff.md import cell_filter as cf
 from mlff.md.forces import ForceResult
-from mlff.md.state import SystemBatch
+from mlff.md.state import SystemBatch, max_per_system, sum_per_system
 
 ForceFn = Callable[..., ForceResult]  # force_fn(batch, compute_stress=False) -> ForceResult
 
@@ -120,14 +120,9 @@ def _cat_batches(first: SystemBatch, second: SystemBatch) -> SystemBatch:
     return SystemBatch(**changes)
 
 
-def _sum_per_system(values: torch.Tensor, system: torch.Tensor, n_systems: int) -> torch.Tensor:
-    """(n_systems,) sums over each system's atoms of ``values`` (n_atoms, 3) summed over xyz."""
-    return values.new_zeros(n_systems).index_add(0, system, values.sum(-1))
-
-
 def _dot(state: FireState, x: torch.Tensor, x_cell, y: torch.Tensor, y_cell) -> torch.Tensor:
     """(n_systems,) the dot product of two coordinate vectors of every system."""
-    total = _sum_per_system(x * y, state.batch.system, state.batch.n_systems)
+    total = sum_per_system((x * y).sum(-1), state.batch.system, state.batch.n_systems)
     if x_cell is not None:
         total = total + (x_cell * y_cell).sum((1, 2))
     return total
@@ -144,13 +139,11 @@ def _evaluate(batch: SystemBatch, force_fn: ForceFn, cell_filter: cf.CellFilterS
             cell_filter, batch, result.forces, result.stress
         )
     norms = torch.linalg.vector_norm(atom_forces, dim=-1)
-    fmax = norms.new_zeros(batch.n_systems).scatter_reduce(
-        0, batch.system, norms, reduce="amax", include_self=True
-    )
+    fmax = max_per_system(norms, batch.system, batch.n_systems)
     if cell_forces is not None:
         fmax = torch.maximum(fmax, torch.linalg.vector_norm(cell_forces, dim=-1).amax(-1))
     finite = torch.isfinite(result.energy) & torch.isfinite(
-        _sum_per_system(atom_forces.abs(), batch.system, batch.n_systems)
+        sum_per_system(atom_forces.abs().sum(-1), batch.system, batch.n_systems)
     )
     if cell_forces is not None:
         finite = finite & torch.isfinite(cell_forces.sum((1, 2)))

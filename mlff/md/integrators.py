@@ -31,7 +31,7 @@ import ase.units
 import torch
 
 from mlff.md.forces import ForceResult
-from mlff.md.state import SystemBatch
+from mlff.md.state import SystemBatch, sum_per_system
 
 KB = ase.units.kB  # eV/K
 PER_PS = 1.0 / (1000.0 * ase.units.fs)  # 1/ps expressed in 1/(ASE time unit)
@@ -102,8 +102,7 @@ def per_system(value: Parameter, batch: SystemBatch) -> torch.Tensor:
 
 def _sum_per_system(values: torch.Tensor, batch: SystemBatch) -> torch.Tensor:
     """(n_systems, ...) sums of per-atom ``values`` (n_atoms, ...)."""
-    total = values.new_zeros((batch.n_systems, *values.shape[1:]))
-    return total.index_add(0, batch.system, values)
+    return sum_per_system(values, batch.system, batch.n_systems)
 
 
 def degrees_of_freedom(batch: SystemBatch) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from mlff.md.ase_engine import degrees_of_freedom
 from mlff.md.log import CSVLog, log_columns
 from mlff.md.settings import FS_PER_PS
 from mlff.md.trajectory import check_output_paths, open_trajectory
@@ -156,7 +157,7 @@ class BatchWriter:
     def _row(self, atoms: ase.Atoms, system: int, snapshot: Snapshot, covariance) -> dict:
         potential = atoms.get_potential_energy()
         kinetic = atoms.get_kinetic_energy()
-        dof = max(3 * len(atoms) - 3, 1)
+        dof = degrees_of_freedom(atoms)  # as the engines count them
         row = {
             "system": system,
             "step": snapshot.step,

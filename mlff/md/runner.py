@@ -21,6 +21,7 @@ from ase import units
 
 from mlff.md import integrators as steps
 from mlff.md import npt
+from mlff.md.ase_engine import has_momenta
 from mlff.md.checks import check_covariance, describe, step_jump, unstable_systems
 from mlff.md.forces import BatchedModel, ForceFunction, ForceResult
 from mlff.md.neighbours import VerletList
@@ -130,10 +131,6 @@ def _stepper(settings: MDSettings, generator: torch.Generator) -> Callable:
     return steps.nose_hoover_chain_step
 
 
-def _has_momenta(atoms: ase.Atoms) -> bool:
-    return "momenta" in atoms.arrays and bool(np.any(atoms.get_momenta()))
-
-
 def run_batched_md(
     structures: list[ase.Atoms],
     model,
@@ -163,7 +160,7 @@ def run_batched_md(
     generator = torch.Generator(device=device)
     generator.manual_seed(settings.seed if settings.seed is not None else int(time.time_ns()))
     batch = SystemBatch.from_atoms(structures, device)
-    if not all(_has_momenta(a) for a in structures):
+    if not all(has_momenta(a) for a in structures):
         batch = steps.initial_momenta(batch, settings.temperature_k, generator)
     step_fn = _stepper(settings, generator)
     dt = float(settings.timestep_fs) * units.fs

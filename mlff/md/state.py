@@ -16,6 +16,18 @@ import numpy as np
 import torch
 
 
+def sum_per_system(values: torch.Tensor, system: torch.Tensor, n_systems: int) -> torch.Tensor:
+    """(n_systems, ...) sums over each system's atoms of per-atom ``values`` (n_atoms, ...)."""
+    total = values.new_zeros((n_systems, *values.shape[1:]))
+    return total.index_add(0, system, values)
+
+
+def max_per_system(values: torch.Tensor, system: torch.Tensor, n_systems: int) -> torch.Tensor:
+    """(n_systems,) maxima over each system's atoms of per-atom ``values`` (n_atoms,)."""
+    out = values.new_full((n_systems,), float("-inf"))
+    return out.scatter_reduce(0, system, values, reduce="amax", include_self=True)
+
+
 @dataclass
 class SystemBatch:
     """``n_systems`` systems with ``n_atoms`` atoms in total."""
@@ -59,9 +71,7 @@ class SystemBatch:
     def kinetic_energy(self) -> torch.Tensor:
         """(n_systems,) eV, float64."""
         per_atom = 0.5 * (self.momenta**2).sum(-1) / self.masses
-        return torch.zeros(self.n_systems, dtype=per_atom.dtype, device=self.device).index_add(
-            0, self.system, per_atom
-        )
+        return sum_per_system(per_atom, self.system, self.n_systems)
 
     def volumes(self) -> torch.Tensor:
         """(n_systems,) Å³ (0 without a cell)."""
