@@ -1,8 +1,9 @@
 """MACE side of the benchmarks, run by ``--mace-python`` in a separate environment with mace-torch.
 
-``calculator_speed.py`` and ``train_ethanol.py`` start this script with the python given by
-``--mace-python`` (a virtual environment holding mace-torch; it never imports mlff), on the same
-machine, cores and threads as their own run, so every ratio they print comes from one run:
+``calculator_speed.py``, ``scaling.py`` and ``train_ethanol.py`` start this script with the
+python given by ``--mace-python`` (a virtual environment holding mace-torch; it never imports
+mlff), on the same machine, cores and threads as their own run, so every ratio they print comes
+from one run:
 
     python3 -m venv /path/macevenv
     /path/macevenv/bin/pip install torch==2.13.0 mace-torch      # torch first: the CPU build
@@ -13,14 +14,24 @@ Subcommands (each prints one JSON object on its last stdout line):
 * ``calls STRUCTURE... --dtypes float32,float64``: milliseconds per energy+forces call of an
   untrained MACE model built with ``mace_run_train``'s defaults (``--channels 32 --max-l 1``:
   hidden irreps 32x0e + 32x1o, correlation 3, two interactions, 8 Bessel functions, r_max 5 Å),
-  timed by :func:`time_calls`, the same protocol as mlff's side.
+  timed by :func:`time_calls`, the same protocol as mlff's side (``--min-calls``,
+  ``--min-seconds``, ``--max-calls`` as there). Each row also holds the process's resident memory
+  right before the structure's first call and its peak after the last (``ru_maxrss``: a
+  process-wide peak, so it is that structure's own only when the process times one structure, as
+  ``benchmarks/scaling.py`` does), CUDA's peak allocation on a GPU, and with ``--flops`` the
+  matmul FLOPs of one call and this process's GEMM throughput (:func:`count_flops`,
+  :func:`gemm_gflops`). A structure that runs out of memory gives a row with ``error`` instead of
+  ending the process.
 * ``train TRAIN TEST --epochs 20``: runs ``python -m mace.cli.run_train`` on TRAIN (5 % held out
   for validation; batch 10, EMA, lr 0.01, loss weights energy 1 / forces 100, float32: the
   settings of the MACE reference in issue 3) and reports its time (the whole process, data
   loading and statistics included) and the test-set errors of the model it wrote, in the units
   mlff's benchmarks use.
 
-Only numpy is imported at module level, so the mlff side imports :func:`time_calls` too.
+Only numpy is imported at module level (torch inside the functions), so the mlff side imports
+the shared measurements from here too: :func:`time_calls`, :func:`count_flops`,
+:func:`gemm_gflops`, :func:`rss_mb` and :func:`peak_rss_mb`; both codes are then measured by the
+same code.
 """
 
 from __future__ import annotations
@@ -38,24 +49,27 @@ from pathlib import Path
 import numpy as np
 
 
-def time_calls(
+def call_times(
     atoms,
     calc,
     synchronize: Callable[[], None] | None = None,
     min_calls: int = 3,
     min_seconds: float = 2.0,
     max_calls: int = 50,
-) -> float:
-    """Median seconds of one energy+forces call, each on a fresh rattle (0.02 Å) of ``atoms``.
+) -> list[float]:
+    """Seconds of each timed energy+forces call, each on a fresh rattle (0.02 Å) of ``atoms``.
 
-    One warm-up call first; then at least ``min_calls`` calls and ``min_seconds`` seconds, at
-    most ``max_calls`` calls. ``synchronize`` (e.g. ``torch.cuda.synchronize``) ends each call.
+    One warm-up call first (not returned); then at least ``min_calls`` calls and ``min_seconds``
+    seconds, at most ``max_calls`` calls. ``synchronize`` (e.g. ``torch.cuda.synchronize``) ends
+    each call.
     """
     atoms = atoms.copy()
     atoms.calc = calc
     rng = np.random.default_rng(0)
     base = atoms.get_positions()
     atoms.get_forces()  # warm-up
+    if synchronize is not None:
+        synchronize()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - start < min_seconds:
@@ -67,7 +81,77 @@ def time_calls(
         times.append(time.perf_counter() - tick)
         if len(times) >= max_calls:
             break
-    return float(np.median(times))
+    return times
+
+
+def time_calls(atoms, calc, synchronize: Callable[[], None] | None = None, **protocol) -> float:
+    """Median seconds of one energy+forces call (:func:`call_times`' protocol and options)."""
+    return float(np.median(call_times(atoms, calc, synchronize, **protocol)))
+
+
+def count_flops(atoms, calc) -> tuple[float, dict[str, float]]:
+    """FLOPs of one energy+forces call (forward and backward) and their split by operator.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix products only
+    (mm, addmm, bmm, einsum lowered to them, convolutions, attention); gathers, scatters and
+    element-wise operations count zero. Run on a fresh rattle (0.02 Å), after timing.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    atoms = atoms.copy()
+    calc.reset()  # else an unchanged structure is answered from the cache, counting nothing
+    atoms.calc = calc
+    rng = np.random.default_rng(1)
+    atoms.set_positions(atoms.get_positions() + rng.normal(scale=0.02, size=(len(atoms), 3)))
+    with FlopCounterMode(display=False) as counter:
+        atoms.get_forces()
+    by_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return float(counter.get_total_flops()), by_op
+
+
+def gemm_gflops(
+    n: int = 2048, dtype: str = "float32", device: str = "cpu", min_seconds: float = 1.0
+) -> float:
+    """GFLOP/s of an (n, n) @ (n, n) matmul (2 n^3 FLOPs): median over repeats, after a warm-up.
+
+    Runs on torch's current threads, so call it after ``torch.set_num_threads``. At least three
+    repeats and ``min_seconds`` seconds.
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=generator, dtype=torch_dtype).to(device)
+    b = torch.randn(n, n, generator=generator, dtype=torch_dtype).to(device)
+    out = torch.empty_like(a)
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    torch.mm(a, b, out=out)  # warm-up
+    if synchronize is not None:
+        synchronize()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_seconds:
+        tick = time.perf_counter()
+        torch.mm(a, b, out=out)
+        if synchronize is not None:
+            synchronize()
+        times.append(time.perf_counter() - tick)
+    return 2.0 * n**3 / float(np.median(times)) / 1e9
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now, MB (Linux ``/proc/self/statm``; None elsewhere)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (``ru_maxrss``: KiB on Linux, B on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def hidden_irreps(channels: int, max_l: int) -> str:
@@ -118,20 +202,59 @@ def calls(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    synchronize = torch.cuda.synchronize if args.device == "cuda" else None
+    cuda = torch.device(args.device).type == "cuda"
+    synchronize = torch.cuda.synchronize if cuda else None
+    protocol = {
+        "min_calls": args.min_calls,
+        "min_seconds": args.min_seconds,
+        "max_calls": args.max_calls,
+    }
+    gemm: dict[str, float] = {}
     rows = []
     for path in args.structures:
-        atoms = ase.io.read(path)
+        atoms, name = ase.io.read(path), Path(path).stem
         numbers = sorted(set(atoms.get_atomic_numbers().tolist()))
         model = build_mace(numbers, args)
         for dtype in args.dtypes.split(","):
-            calc = MACECalculator(
-                models=model.to(getattr(torch, dtype)), device=args.device, default_dtype=dtype
-            )
-            ms = 1e3 * time_calls(atoms, calc, synchronize)
-            rows.append({"structure": Path(path).stem, "dtype": dtype, "ms_per_call": ms})
-            print(f"  MACE {Path(path).stem} {dtype}: {ms:.2f} ms", file=sys.stderr)
-    return {"mace_version": mace.__version__, "threads": args.threads, "rows": rows}
+            row = {"structure": name, "atoms": len(atoms), "dtype": dtype}
+            try:
+                calc = MACECalculator(
+                    models=model.to(getattr(torch, dtype)), device=args.device, default_dtype=dtype
+                )
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    gpu_before = torch.cuda.memory_allocated() / 2**20
+                row["rss_before_mb"] = rss_mb()
+                times = call_times(atoms, calc, synchronize, **protocol)
+                row["ms_per_call"] = 1e3 * float(np.median(times))
+                row["calls"] = len(times)
+                row["peak_rss_mb"] = peak_rss_mb()
+                if cuda:
+                    row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                    row["peak_gpu_above_start_mb"] = row["peak_gpu_mb"] - gpu_before
+                if args.flops:
+                    flops, by_op = count_flops(atoms, calc)
+                    if dtype not in gemm:
+                        gemm[dtype] = gemm_gflops(args.gemm_size, dtype, args.device)
+                    row["gflop_per_call"] = flops / 1e9
+                    row["flops_by_op"] = by_op
+                    row["gemm_gflops"] = gemm[dtype]
+                del calc
+            except (MemoryError, RuntimeError) as error:  # torch's out-of-memory is a RuntimeError
+                row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+                row["peak_rss_mb"] = peak_rss_mb()
+                print(f"  MACE {name} {dtype}: failed, {row['error']}", file=sys.stderr)
+            else:
+                print(f"  MACE {name} {dtype}: {row['ms_per_call']:.2f} ms", file=sys.stderr)
+            rows.append(row)
+    return {
+        "mace_version": mace.__version__,
+        "torch_version": torch.__version__,
+        "threads": args.threads,
+        "device": args.device,
+        "rows": rows,
+    }
 
 
 def errors(model_path: Path, test: Path, device: str, dtype: str) -> dict:
@@ -220,6 +343,13 @@ def main() -> None:
     p_calls = sub.choices["calls"]
     p_calls.add_argument("structures", nargs="+", help="ASE-readable files, one structure each")
     p_calls.add_argument("--dtypes", default="float32")
+    p_calls.add_argument("--min-calls", type=int, default=3, help="timed calls, at least")
+    p_calls.add_argument("--min-seconds", type=float, default=2.0, help="timing, at least")
+    p_calls.add_argument("--max-calls", type=int, default=50, help="timed calls, at most")
+    p_calls.add_argument(
+        "--flops", action="store_true", help="also count FLOPs per call and time a GEMM"
+    )
+    p_calls.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n GEMM")
     p_train = sub.choices["train"]
     p_train.add_argument("train", type=Path)
     p_train.add_argument("test", type=Path)
