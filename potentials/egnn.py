@@ -31,44 +31,81 @@ blocks are applied per atom and gathered, not per edge, which saves most of the 
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from .blocks import BlocksCache, NeighbourBlocks
 from .layers import BesselBasis, PolynomialEnvelope, mlp, scatter_sum
+
+# above this many edges a structure is evaluated in chunks of centre atoms (activation
+# checkpointing), so memory stays linear in atoms with a small constant
+MAX_CHUNK_EDGES = 1 << 20
 
 
 def real_harmonics(unit: torch.Tensor, order: int) -> torch.Tensor:
     """Real spherical harmonics of degrees 1..``order`` (<= 3) of unit vectors (n, 3).
 
     Returns (n, 3), (n, 8) or (n, 15) columns, degree by degree, normalised so that the squares
-    of each degree's components sum to 1 (``sum_m Y_lm(a) Y_lm(b) = P_l(a . b)``).
+    of each degree's components sum to 1 (``sum_m Y_lm(a) Y_lm(b) = P_l(a . b)``). On unit
+    vectors each harmonic is a homogeneous polynomial of its degree (1 = x² + y² + z²), so all
+    are one matrix product of the monomials ``[u, u ⊗ u, u ⊗ u ⊗ u]`` (few, large operations).
     """
-    x, y, z = unit.unbind(-1)
-    columns = [x, y, z]
+    monomials = [unit]
     if order >= 2:
-        s3 = math.sqrt(3.0)
-        columns += [
-            s3 * x * y,
-            s3 * y * z,
-            0.5 * (3.0 * z * z - 1.0),
-            s3 * x * z,
-            0.5 * s3 * (x * x - y * y),
-        ]
+        pairs = (unit.unsqueeze(-1) * unit.unsqueeze(-2)).flatten(-2)
+        monomials.append(pairs)
     if order >= 3:
-        a, b, c = math.sqrt(5.0 / 8.0), math.sqrt(15.0), math.sqrt(3.0 / 8.0)
-        zz = 5.0 * z * z - 1.0
-        columns += [
-            a * y * (3.0 * x * x - y * y),
-            b * x * y * z,
-            c * y * zz,
-            0.5 * z * (5.0 * z * z - 3.0),
-            c * x * zz,
-            0.5 * b * z * (x * x - y * y),
-            a * x * (x * x - 3.0 * y * y),
-        ]
-    return torch.stack(columns, dim=-1)
+        monomials.append((pairs.unsqueeze(-1) * unit.unsqueeze(-2)).flatten(-2))
+    matrix = _harmonic_matrix(order, unit.dtype, unit.device)
+    return torch.cat(monomials, dim=-1) @ matrix
+
+
+# each harmonic as {exponents (x, y, z): coefficient}, homogeneous in its degree
+_S3, _A, _B, _C = math.sqrt(3.0), math.sqrt(5.0 / 8.0), math.sqrt(15.0), math.sqrt(3.0 / 8.0)
+_HARMONICS = {
+    1: [{(1, 0, 0): 1.0}, {(0, 1, 0): 1.0}, {(0, 0, 1): 1.0}],
+    2: [
+        {(1, 1, 0): _S3},
+        {(0, 1, 1): _S3},
+        {(0, 0, 2): 1.0, (2, 0, 0): -0.5, (0, 2, 0): -0.5},  # (3z² - 1) / 2
+        {(1, 0, 1): _S3},
+        {(2, 0, 0): 0.5 * _S3, (0, 2, 0): -0.5 * _S3},
+    ],
+    3: [
+        {(2, 1, 0): 3.0 * _A, (0, 3, 0): -_A},
+        {(1, 1, 1): _B},
+        {(0, 1, 2): 4.0 * _C, (2, 1, 0): -_C, (0, 3, 0): -_C},  # c y (5z² - 1)
+        {(0, 0, 3): 1.0, (2, 0, 1): -1.5, (0, 2, 1): -1.5},  # z (5z² - 3) / 2
+        {(1, 0, 2): 4.0 * _C, (3, 0, 0): -_C, (1, 2, 0): -_C},  # c x (5z² - 1)
+        {(2, 0, 1): 0.5 * _B, (0, 2, 1): -0.5 * _B},
+        {(3, 0, 0): _A, (1, 2, 0): -3.0 * _A},
+    ],
+}
+
+
+@functools.lru_cache(maxsize=16)
+def _harmonic_matrix(order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(3 + 9 + 27 up to ``order``, components) coefficients of the harmonics in the monomials
+    ``u_a``, ``u_a u_b`` (row 3 + 3a + b), ``u_a u_b u_c`` (row 12 + 9a + 3b + c)."""
+    if order not in _HARMONICS:
+        raise ValueError(f"real harmonics are implemented for orders 1..3, got {order!r}")
+    rows = {1: 3, 2: 12, 3: 39}[order]
+    matrix = torch.zeros(rows, sum(2 * l + 1 for l in range(1, order + 1)), dtype=torch.float64)
+    column, first_row = 0, 0
+    for degree in range(1, order + 1):
+        for polynomial in _HARMONICS[degree]:
+            for exponents, coefficient in polynomial.items():
+                axes = [axis for axis, power in enumerate(exponents) for _ in range(power)]
+                row = first_row + sum(a * 3 ** (degree - 1 - k) for k, a in enumerate(axes))
+                matrix[row, column] = coefficient
+            column += 1
+        first_row += 3**degree
+    return matrix.to(dtype=dtype, device=device)
 
 
 class EquivariantGraphConv(nn.Module):
@@ -95,87 +132,88 @@ class EquivariantGraphConv(nn.Module):
         self.angular_linear = (
             nn.Linear(features, n_angular, bias=False) if self.angular_channels else None
         )
-        degrees = [d for d in range(1, self.angular_order + 1) for _ in range(2 * d + 1)]
+        # (M, order * C): 1 where a harmonic's degree is the channel block's degree
+        degree = torch.tensor(
+            [l for l in range(1, self.angular_order + 1) for _ in range(2 * l + 1)]
+        )
+        channel_degree = torch.arange(1, self.angular_order + 1).repeat_interleave(
+            self.angular_channels
+        )
         self.register_buffer(
-            "component_to_degree",
-            nn.functional.one_hot(torch.tensor(degrees) - 1, self.angular_order).float(),
-            persistent=False,
+            "degree_mask", (degree[:, None] == channel_degree[None, :]).float(), persistent=False
         )
         self.node_mlp = mlp([2 * features + n_angular, features, features])
         self.coordinate_mlp = mlp([features, features, 1]) if coordinate_updates else None
 
-    def _angular_invariants(
+    def edge_sums(
         self,
-        message: torch.Tensor,
-        centre: torch.Tensor,
-        harmonics: torch.Tensor,
-        n_atoms: int,
-        inv_avg_neighbors: float,
-    ) -> torch.Tensor:
-        """(n_atoms, order * C): ``|sum_j Y_l(r̂_ij) psi_l(m_ij)|²``, l = 1..order, per channel.
-
-        ``harmonics``: (n_edges, M) :func:`real_harmonics` of the edge directions, M >= the
-        components of this layer's order (extra columns are ignored).
-        """
-        n_edges, c, order = message.shape[0], self.angular_channels, self.angular_order
-        coefficients = self.angular_linear(message).view(n_edges, order, 1, c)
-        # (n_edges, M, C): each degree's components times that degree's channel weights
-        densities = torch.cat(
-            [
-                harmonics[:, l * l - 1 : (l + 1) * (l + 1) - 1].unsqueeze(-1)
-                * coefficients[:, l - 1]
-                for l in range(1, order + 1)
-            ],
-            dim=1,
-        )
-        densities = scatter_sum(densities, centre, n_atoms) * inv_avg_neighbors
-        invariants = torch.einsum("nmc,ml->nlc", densities.pow(2), self.component_to_degree)
-        return invariants.reshape(n_atoms, order * c)
-
-    def forward(
-        self,
-        h: torch.Tensor,
-        radial: torch.Tensor,
+        centre_part: torch.Tensor,
+        neighbour_part: torch.Tensor,
+        radial_part: torch.Tensor,
         envelope: torch.Tensor,
         edge_index: torch.Tensor,
         edge_vectors: torch.Tensor,
         edge_lengths: torch.Tensor,
+        harmonic_blocks: torch.Tensor | None,
+        blocks: NeighbourBlocks,
+        atoms: tuple[int, int],
         inv_avg_neighbors: float,
-        harmonics: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return updated ``h`` (n_atoms, F) and the coordinate shift (n_atoms, 3) or None.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The edge sums of centre atoms ``atoms = (first, end)``, from their sorted edges.
 
-        ``harmonics`` (n_edges, M): the edge directions' :func:`real_harmonics`, computed here
-        when not given (the caller computes them once for layers that share the geometry).
+        ``centre_part``/``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and
+        ``h_j`` blocks applied per atom; ``radial_part`` (e, F) its radial block per edge.
+        ``harmonic_blocks`` (end - first, width, M): the edge directions' harmonics in
+        neighbour blocks. Returns the aggregated messages (end - first, F), the angular
+        invariants (end - first, order * C) or None, and the coordinate shift or None.
         """
+        first, end = atoms
         centre, neighbour = edge_index[0], edge_index[1]
-        pre = (
-            self.centre_linear(h)[centre]
-            + self.neighbour_linear(h)[neighbour]
-            + self.radial_linear(radial)
-        )
-        message = self.message_mlp(pre)
+        local_centre = centre - first if first else centre
+        n_local = end - first
+        message = self.message_mlp(centre_part[centre] + neighbour_part[neighbour] + radial_part)
         message = message * (torch.sigmoid(self.gate(message)) * envelope.unsqueeze(-1))
-        aggregated = scatter_sum(message, centre, h.shape[0]) * inv_avg_neighbors
-        parts = [h, aggregated]
-        if self.angular_linear is not None:
-            if harmonics is None:
-                unit = edge_vectors / edge_lengths.unsqueeze(-1)
-                harmonics = real_harmonics(unit, self.angular_order)
-            parts.append(
-                self._angular_invariants(message, centre, harmonics, h.shape[0], inv_avg_neighbors)
+        aggregated = scatter_sum(message, local_centre, n_local) * inv_avg_neighbors
+        angular = None
+        if self.angular_linear is not None and harmonic_blocks is not None:
+            angular = self._angular_invariants(
+                message, harmonic_blocks, blocks, atoms, inv_avg_neighbors
             )
-        h = h + self.node_mlp(torch.cat(parts, dim=-1))
-        if self.coordinate_mlp is None:
-            return h, None
-        # (x_i - x_j) = -edge_vectors; EDM normalisation by (d_ij + 1)
-        # phi_x(0) != 0, so the envelope must multiply here too, or an edge leaving the cutoff
-        # would still pull its atoms
-        weights = self.coordinate_mlp(message) * (
-            envelope.unsqueeze(-1) / (edge_lengths.unsqueeze(-1) + 1.0)
-        )
-        shift = scatter_sum(-edge_vectors * weights, centre, h.shape[0]) * inv_avg_neighbors
-        return h, shift
+        shift = None
+        if self.coordinate_mlp is not None:
+            # (x_i - x_j) = -edge_vectors; EDM normalisation by (d_ij + 1). phi_x(0) != 0, so
+            # the envelope must multiply here too, or an edge leaving the cutoff would pull
+            weights = self.coordinate_mlp(message) * (
+                envelope.unsqueeze(-1) / (edge_lengths.unsqueeze(-1) + 1.0)
+            )
+            shift = scatter_sum(-edge_vectors * weights, local_centre, n_local) * inv_avg_neighbors
+        return aggregated, angular, shift
+
+    def _angular_invariants(
+        self,
+        message: torch.Tensor,
+        harmonic_blocks: torch.Tensor,
+        blocks: NeighbourBlocks,
+        atoms: tuple[int, int],
+        inv_avg_neighbors: float,
+    ) -> torch.Tensor:
+        """(n, order * C): ``|sum_j Y_l(r̂_ij) psi_l(m_ij)|²``, l = 1..order, per channel.
+
+        Contracted per centre: the coefficients ``psi`` (e, order * C) go into neighbour blocks
+        (n, width, order * C) and one batched matmul with the harmonics' blocks (n, width, M)
+        gives every centre's densities (n, M, order * C); no (edges, M, C) tensor is formed.
+        """
+        coefficients = blocks.to_blocks(self.angular_linear(message), *atoms)
+        densities = torch.bmm(harmonic_blocks.transpose(1, 2), coefficients) * inv_avg_neighbors
+        # each degree's channels summed over that degree's components only
+        return (densities.pow(2) * self.degree_mask).sum(1)
+
+    def node_update(
+        self, h: torch.Tensor, aggregated: torch.Tensor, angular: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``h + phi_h([h, sum_j m_ij / n, angular invariants])`` (n_atoms, F)."""
+        parts = [h, aggregated] if angular is None else [h, aggregated, angular]
+        return h + self.node_mlp(torch.cat(parts, dim=-1))
 
 
 class EGNN(nn.Module):
@@ -240,6 +278,10 @@ class EGNN(nn.Module):
             )
             for k in range(num_layers)
         )
+        self.features = int(features)
+        self.shared_geometry = not any(layer.coordinate_mlp is not None for layer in self.layers)
+        self.max_chunk_edges = MAX_CHUNK_EDGES
+        self._blocks = BlocksCache()
         self.readout = mlp([features, features // 2 or 1, 1])
         self.layer_readouts = (
             nn.ModuleList(nn.Linear(features, 1) for _ in range(num_layers - 1))
@@ -255,35 +297,30 @@ class EGNN(nn.Module):
         edge_vectors: torch.Tensor,
         edge_lengths: torch.Tensor,
     ) -> torch.Tensor:
+        n_atoms = node_features.shape[0]
+        blocks = self._blocks.get(edge_index, n_atoms, self.max_chunk_edges)
+        if blocks.order is not None:  # sorted by centre: chunks are contiguous edge ranges
+            edge_index, edge_vectors = edge_index[:, blocks.order], edge_vectors[blocks.order]
+            edge_lengths = edge_lengths[blocks.order]
+            if edge_features is not None:
+                edge_features = edge_features[blocks.order]
         envelope = self.envelope(edge_lengths)
         h = self.embed(node_features)
-        centre, neighbour = edge_index[0], edge_index[1]
         displacement: torch.Tensor | None = None
         energies: torch.Tensor | None = None
-        radial: torch.Tensor | None = None
-        harmonics: torch.Tensor | None = None
+        geometry: _EdgeGeometry | None = None
         for k, layer in enumerate(self.layers):
             if displacement is not None:
+                centre, neighbour = edge_index[0], edge_index[1]
                 edge_vectors = edge_vectors + displacement[neighbour] - displacement[centre]
                 edge_lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
-                radial = None  # the distances moved
-            if radial is None:
-                radial = self.radial_basis(edge_lengths)
-                if edge_features is not None:
-                    radial = torch.cat([radial, edge_features], dim=-1)
-                if self.angular_order and self.angular_channels:
-                    unit = edge_vectors / edge_lengths.unsqueeze(-1)
-                    harmonics = real_harmonics(unit, self.angular_order)
-            h, shift = layer(
-                h,
-                radial,
-                envelope,
-                edge_index,
-                edge_vectors,
-                edge_lengths,
-                self.inv_avg_neighbors,
-                harmonics,
+                geometry = None  # the distances moved
+            if geometry is None:
+                geometry = self._geometry(edge_features, edge_vectors, edge_lengths, blocks, k)
+            aggregated, angular, shift = self._edge_sums(
+                layer, k, h, geometry, envelope, edge_index, edge_vectors, edge_lengths, blocks
             )
+            h = layer.node_update(h, aggregated, angular)
             if shift is not None:
                 displacement = shift if displacement is None else displacement + shift
             if self.layer_readouts is not None and k < len(self.layer_readouts):
@@ -291,3 +328,106 @@ class EGNN(nn.Module):
                 energies = term if energies is None else energies + term
         final = self.readout(h).squeeze(-1)
         return final if energies is None else energies + final
+
+    def _geometry(
+        self,
+        edge_features: torch.Tensor | None,
+        edge_vectors: torch.Tensor,
+        edge_lengths: torch.Tensor,
+        blocks: NeighbourBlocks,
+        first_layer: int,
+    ) -> _EdgeGeometry:
+        """Radial basis, harmonics and (one chunk) their blocks and every later layer's radial
+        projection in one matrix multiply, for the layers from ``first_layer`` on."""
+        radial = self.radial_basis(edge_lengths)
+        if edge_features is not None:
+            radial = torch.cat([radial, edge_features], dim=-1)
+        harmonics = None
+        if self.angular_channels:
+            harmonics = real_harmonics(
+                edge_vectors / edge_lengths.unsqueeze(-1), self.angular_order
+            )
+        if len(blocks.chunks) > 1:  # computed per chunk, inside the checkpoint
+            return _EdgeGeometry(radial, harmonics, None, None)
+        harmonic_blocks = None if harmonics is None else blocks.to_blocks(harmonics)
+        # layers that see these distances: all when coordinates stay, else this one
+        layers = self.layers[first_layer:] if self.shared_geometry else [self.layers[first_layer]]
+        weight = torch.cat([layer.radial_linear.weight for layer in layers], dim=0)
+        projections = nn.functional.linear(radial, weight).split(self.features, dim=-1)
+        radial_parts = dict(
+            zip(range(first_layer, first_layer + len(layers)), projections, strict=True)
+        )
+        return _EdgeGeometry(radial, harmonics, harmonic_blocks, radial_parts)
+
+    def _edge_sums(
+        self,
+        layer: EquivariantGraphConv,
+        k: int,
+        h: torch.Tensor,
+        geometry: _EdgeGeometry,
+        envelope: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        edge_lengths: torch.Tensor,
+        blocks: NeighbourBlocks,
+    ):
+        """Layer ``k``'s edge sums over all atoms: in one go, or chunk by chunk of centre atoms
+        under activation checkpointing (each chunk's edge activations are recomputed in the
+        backward pass instead of kept), which bounds the memory of large structures."""
+        centre_part, neighbour_part = layer.centre_linear(h), layer.neighbour_linear(h)
+        if len(blocks.chunks) == 1:
+            return layer.edge_sums(
+                centre_part,
+                neighbour_part,
+                geometry.radial_parts[k],
+                envelope,
+                edge_index,
+                edge_vectors,
+                edge_lengths,
+                geometry.harmonic_blocks,
+                blocks,
+                (0, h.shape[0]),
+                self.inv_avg_neighbors,
+            )
+
+        def chunk_sums(first, end, e0, e1, centre_part, neighbour_part, radial, harmonics, *edge):
+            envelope, edge_index, edge_vectors, edge_lengths = edge
+            harmonic_blocks = None if harmonics is None else blocks.to_blocks(harmonics, first, end)
+            return layer.edge_sums(
+                centre_part,
+                neighbour_part,
+                layer.radial_linear(radial),
+                envelope,
+                edge_index,
+                edge_vectors,
+                edge_lengths,
+                harmonic_blocks,
+                blocks,
+                (first, end),
+                self.inv_avg_neighbors,
+            )
+
+        outputs = []
+        for first, end, e0, e1 in blocks.chunks:
+            edge = (envelope[e0:e1], edge_index[:, e0:e1], edge_vectors[e0:e1], edge_lengths[e0:e1])
+            harmonics = None if geometry.harmonics is None else geometry.harmonics[e0:e1]
+            args = (first, end, e0, e1, centre_part, neighbour_part, geometry.radial[e0:e1])
+            if torch.is_grad_enabled():
+                out = checkpoint(chunk_sums, *args, harmonics, *edge, use_reentrant=False)
+            else:
+                out = chunk_sums(*args, harmonics, *edge)
+            outputs.append(out)
+        return tuple(
+            None if parts[0] is None else torch.cat(parts, dim=0)
+            for parts in zip(*outputs, strict=True)
+        )
+
+
+@dataclass
+class _EdgeGeometry:
+    """Per-call edge tensors shared by the layers that see the same distances."""
+
+    radial: torch.Tensor  # (n_edges, n_basis + edge features)
+    harmonics: torch.Tensor | None  # (n_edges, M)
+    harmonic_blocks: torch.Tensor | None  # (n_atoms, width, M); one chunk only
+    radial_parts: dict[int, torch.Tensor] | None  # layer -> (n_edges, F); one chunk only
