@@ -50,6 +50,13 @@ class MLFFCalculator(Calculator):
         covariance_tolerance: relative force tolerance (default by dtype).
         on_covariance_failure: "warn" or "raise" (:class:`~mlff.errors.CovarianceError`).
         seed: seed of the random rotations.
+        include_stress: compute the stress in every calculation of a periodic cell, as when it
+            is asked for (default: only when asked for; see :meth:`calculate`).
+
+    The stress costs a derivative with respect to a strain besides the positions; MD at fixed
+    cell and fixed-cell relaxations never read it, so it is computed only when asked for. A
+    caller that will read it for each structure anyway (an NPT integrator asks for the forces,
+    then the stress of each state) sets ``include_stress`` and gets both from one evaluation.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -63,6 +70,7 @@ class MLFFCalculator(Calculator):
         covariance_tolerance: float | None = None,
         on_covariance_failure: str = "warn",
         seed: int | None = None,
+        include_stress: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,7 +85,8 @@ class MLFFCalculator(Calculator):
         self.covariance_tolerance = covariance_tolerance
         self.on_covariance_failure = on_covariance_failure
         self.covariance_results: list[CovarianceResult] = []
-        self.n_calculations = 0
+        self.include_stress = bool(include_stress)
+        self.n_calculations = 0  # structures evaluated (adding the stress to one is not counted)
         self._rng = np.random.default_rng(seed)
 
     @property
@@ -111,6 +120,13 @@ class MLFFCalculator(Calculator):
         return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        """Energy, energies and forces, and the stress when ``properties`` holds "stress" (or
+        ``include_stress`` is set and the cell is periodic).
+
+        ASE asks again, with ``system_changes=[]``, for a property that the results of the same
+        structure lack: the stress after the forces. That call evaluates the model once more
+        with the strain derivative and adds the stress; the energy and forces already given stay.
+        """
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         periodic = bool(np.any(atoms.pbc))
@@ -118,8 +134,14 @@ class MLFFCalculator(Calculator):
             raise PropertyNotImplementedError(
                 "stress is defined only for periodic cells; this structure has pbc=False"
             )
+        stress = "stress" in properties or (self.include_stress and periodic)
         graph = graph_from_atoms(atoms, self.model.cutoff)
-        out = evaluate(self.model, graph, compute_forces=True, compute_stress=periodic)
+        if "stress" in properties and not system_changes and "forces" in self.results:
+            # the same structure, asked for the stress after the forces: add it to the results
+            out = evaluate(self.model, graph, compute_forces=False, compute_stress=True)
+            self.results["stress"] = self._voigt(out["stress"])
+            return
+        out = evaluate(self.model, graph, compute_forces=True, compute_stress=stress)
         energy = float(out["energy"].item())
         forces = out["forces"].detach().cpu().double().numpy()
         self.results = {
@@ -128,13 +150,17 @@ class MLFFCalculator(Calculator):
             "energies": out["energies"].detach().cpu().numpy(),
             "forces": forces,
         }
-        if periodic:
-            stress = out["stress"][0].detach().cpu().double().numpy()
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        if stress:
+            self.results["stress"] = self._voigt(out["stress"])
         self.n_calculations += 1
         every = self.check_covariance_every
         if every and self.n_calculations % every == 0:
             self.run_covariance_check(reference=(energy, forces))
+
+    @staticmethod
+    def _voigt(stress: torch.Tensor) -> np.ndarray:
+        """(6,) eV/Å³ of the (1, 3, 3) stress of one structure."""
+        return full_3x3_to_voigt_6_stress(stress[0].detach().cpu().double().numpy())
 
     def run_covariance_check(
         self, reference: tuple[float, np.ndarray] | None = None, reflection: bool = False

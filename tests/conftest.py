@@ -118,3 +118,20 @@ def triclinic_cell(seed: int = 3) -> Atoms:
 @pytest.fixture(params=["molecule", "triclinic"])
 def structure(request) -> Atoms:
     return ethanol() if request.param == "molecule" else triclinic_cell()
+
+
+@pytest.fixture
+def calculator_evaluations(monkeypatch) -> list[dict]:
+    """Every model evaluation of an MLFFCalculator from now on, as the keyword arguments it got
+    (``compute_forces``, ``compute_stress``)."""
+    import mlff.calculator
+
+    calls: list[dict] = []
+    evaluate = mlff.calculator.evaluate
+
+    def recording(model, graph, **kwargs):
+        calls.append(kwargs)
+        return evaluate(model, graph, **kwargs)
+
+    monkeypatch.setattr(mlff.calculator, "evaluate", recording)
+    return calls

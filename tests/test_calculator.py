@@ -127,3 +127,68 @@ def test_covariance_check_every_n_calls():
     assert len(calc.covariance_results) == 2
     assert all(result.passed for result in calc.covariance_results)
     assert calc.covariance_results[0].force_tolerance == 1e-8
+
+
+def _cu_cell():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
+    atoms.rattle(0.05, seed=2)
+    return atoms
+
+
+def _stress_asked(calls) -> list[bool]:
+    return [bool(c.get("compute_stress")) for c in calls]
+
+
+@pytest.fixture
+def cu_calc():
+    return MLFFCalculator(tiny_model("egnn", elements=("Cu",)), device="cpu", dtype="float64")
+
+
+def test_forces_of_a_periodic_cell_skip_the_stress(cu_calc, calculator_evaluations):
+    atoms = _cu_cell()
+    atoms.calc = cu_calc
+    atoms.get_forces()
+    atoms.get_potential_energy()
+    assert _stress_asked(calculator_evaluations) == [False]
+    assert "stress" not in cu_calc.results
+
+
+def test_stress_after_forces_adds_it_in_one_more_evaluation(cu_calc, calculator_evaluations):
+    atoms = _cu_cell()
+    atoms.calc = cu_calc
+    forces = atoms.get_forces()
+    energy = atoms.get_potential_energy()
+    stress = atoms.get_stress()
+    assert _stress_asked(calculator_evaluations) == [False, True]
+    assert calculator_evaluations[1]["compute_forces"] is False  # the forces are kept
+    # nothing is lost or recomputed: energy, forces and stress are all served from the results
+    assert atoms.get_potential_energy() == energy
+    np.testing.assert_array_equal(atoms.get_forces(), forces)
+    np.testing.assert_array_equal(atoms.get_stress(), stress)
+    assert len(calculator_evaluations) == 2 and cu_calc.n_calculations == 1
+    fresh = _cu_cell()
+    fresh.calc = MLFFCalculator(cu_calc.model, device="cpu", dtype="float64")
+    np.testing.assert_allclose(fresh.get_stress(), stress, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fresh.get_forces(), forces, rtol=1e-12, atol=1e-15)
+    assert np.abs(stress).max() > 1e-4  # a stress that could differ
+    # a moved structure starts afresh, without the stress
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    assert _stress_asked(calculator_evaluations) == [False, True, True, False]
+
+
+def test_stress_first_or_included_costs_one_evaluation(cu_calc, calculator_evaluations):
+    atoms = _cu_cell()
+    atoms.calc = cu_calc
+    atoms.get_stress()
+    atoms.get_forces()
+    assert _stress_asked(calculator_evaluations) == [True]
+    cu_calc.include_stress = True
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    atoms.get_stress()
+    assert _stress_asked(calculator_evaluations) == [True, True]
+    molecule_atoms = ethanol()  # include_stress concerns periodic cells only
+    molecule_atoms.calc = MLFFCalculator(tiny_model("egnn"), device="cpu", include_stress=True)
+    molecule_atoms.get_forces()
+    assert _stress_asked(calculator_evaluations) == [True, True, False]

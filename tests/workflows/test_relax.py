@@ -177,3 +177,21 @@ def test_cli_bad_inputs_end_in_one_line_errors(cu_model_file, cu_cif, tmp_path):
     ]
     for args, needles in cases:
         assert_one_line_error(invoke(args), *needles)
+
+
+def test_only_cell_relaxations_compute_the_stress_at_every_step(cu_model, calculator_evaluations):
+    calculator = MLFFCalculator(cu_model, device="cpu")
+    fixed = relax(cu_vacancy(), calculator, fmax=0.01, max_steps=5)
+    stress = [c["compute_stress"] for c in calculator_evaluations]
+    # the initial structure and one per step, forces only; the stress once, added to the
+    # relaxed structure's record without evaluating its forces again
+    assert stress == [False] * (fixed.steps + 1) + [True]
+    assert calculator_evaluations[-1]["compute_forces"] is False
+    assert fixed.atoms.get_stress().shape == (6,)
+
+    calculator_evaluations.clear()
+    cell = relax(cu_vacancy(a=3.68), calculator, fmax=0.01, cell=True, max_steps=5)
+    stress = [c["compute_stress"] for c in calculator_evaluations]
+    # FrechetCellFilter reads the stress and the forces of each structure: one evaluation each
+    # (the first adds the stress to the initial energy's)
+    assert stress == [False] + [True] * (cell.steps + 1)
