@@ -300,6 +300,17 @@ class _Recorder:
             raise failure
 
 
+def _stress_wanted(settings: MDSettings, logs_pressure: bool, step: int, last: bool) -> bool:
+    """Whether the force evaluation of ``step`` should include the stress: at every step of NPT
+    (its integrator reads the stress of each state), and at fixed cell only on the steps whose
+    row the log writes when it reports the pressure (``logs_pressure``: a periodic run with a
+    log), from their own force evaluation instead of another. The others skip the strain
+    derivative, as the batched engine does."""
+    if settings.ensemble == "npt":
+        return True
+    return logs_pressure and (step % settings.interval == 0 or last)
+
+
 def run_md(
     atoms: ase.Atoms,
     calculator,
@@ -333,6 +344,16 @@ def run_md(
     initialise_momenta(atoms, settings.temperature_k, rng)
     dynamics = make_integrator(atoms, settings, rng)
     atoms.calc = calculator
+    # an MLFFCalculator computes the stress only when asked, unless told to include it
+    switch = hasattr(calculator, "include_stress")
+    include_stress = calculator.include_stress if switch else False
+    logs_pressure = bool(log) and is_periodic(atoms)
+
+    def next_evaluation(step: int, last: bool) -> None:
+        if switch:
+            wanted = _stress_wanted(settings, logs_pressure, step, last)
+            calculator.include_stress = include_stress or wanted
+
     dt_fs = float(settings.timestep_fs)
     start_time_fs = start_step * dt_fs if start_time_fs is None else float(start_time_fs)
     stopped_by = error = None
@@ -344,6 +365,7 @@ def run_md(
             columns = log_columns(is_periodic(atoms), settings.covariance_every > 0)
             logger = CSVLog(log, columns, append)
         recorder = _Recorder(atoms, calculator, settings, writer, logger, on_warning)
+        next_evaluation(start_step, last=settings.steps == 0)
         with GracefulStop() as stop:
             try:
                 for _ in dynamics.irun(settings.steps):
@@ -360,6 +382,8 @@ def run_md(
                     )
                     if progress is not None and not first:
                         progress(steps_done, elapsed)
+                    upcoming = dynamics.nsteps + 1
+                    next_evaluation(start_step + upcoming, last=upcoming == settings.steps)
                     if stop.signal_name is not None:
                         stopped_by = stop.signal_name
                         break
@@ -377,6 +401,8 @@ def run_md(
             else:
                 recorder.finish()
     finally:
+        if switch:
+            calculator.include_stress = include_stress
         for handle in (writer, logger):
             if handle is not None:
                 handle.close()

@@ -114,6 +114,51 @@ def test_langevin_keeps_total_momentum_zero(cu_model):
     assert np.abs(atoms.get_momenta().sum(axis=0)).max() < 1e-10
 
 
+@pytest.mark.parametrize("thermostat", [None, "langevin", "nose-hoover", "bussi"])
+def test_fixed_cell_md_computes_the_stress_only_for_the_logged_pressure(
+    cu_model, tmp_path, thermostat, calculator_evaluations
+):
+    ensemble = "nve" if thermostat is None else "nvt"
+    settings = MDSettings(
+        ensemble=ensemble,
+        thermostat=thermostat or "langevin",
+        temperature_k=300,
+        steps=7,
+        interval=3,
+        covariance_every=0,
+        seed=1,
+    )
+    calculator = MLFFCalculator(cu_model, device="cpu")
+    run_md(cu_vacancy(), calculator, settings)
+    assert len(calculator_evaluations) == 8  # one evaluation per state, steps 0 to 7
+    assert not any(c["compute_stress"] for c in calculator_evaluations)
+
+    calculator_evaluations.clear()
+    run_md(cu_vacancy(), calculator, settings, log=tmp_path / "md.csv")
+    rows = read_log(tmp_path / "md.csv")
+    assert [int(r["step"]) for r in rows] == [0, 3, 6, 7]
+    assert all(np.isfinite(float(r["pressure_bar"])) for r in rows)
+    # the logged states compute their pressure in their own evaluation, and only they
+    assert [c["compute_stress"] for c in calculator_evaluations] == [
+        step in (0, 3, 6, 7) for step in range(8)
+    ]
+    assert calculator.include_stress is False  # as it was before the run
+
+
+def test_npt_takes_forces_and_stress_from_one_evaluation(cu_model, calculator_evaluations):
+    settings = MDSettings(
+        ensemble="npt",
+        temperature_k=300,
+        pressure_bar=1e4,
+        steps=5,
+        barostat_time_fs=100.0,
+        covariance_every=0,
+        seed=0,
+    )
+    run_md(cu_vacancy(), MLFFCalculator(cu_model, device="cpu"), settings)
+    assert [c["compute_stress"] for c in calculator_evaluations] == [True] * 6
+
+
 def test_npt_changes_the_volume_and_logs_pressure(cu_model, tmp_path):
     atoms = cu_vacancy()
     volume = atoms.get_volume()
