@@ -35,11 +35,12 @@ def evaluate_set(
             batch_size, rank=context.rank, world_size=context.world_size, trim=False
         ):
             batch = batch.to(device, dtype)
+            # the stress (a strain derivative) only for batches that hold a stress label
             out = evaluate(
                 model,
                 batch.graph,
                 compute_forces=data.any_forces,
-                compute_stress=data.any_stress,
+                compute_stress=bool(batch.has_stress.any()),
             )
             out = {k: v.detach() for k, v in out.items()}
             value = None

@@ -73,3 +73,35 @@ def test_eval_refuses_unknown_elements_and_bad_files(model_path, tmp_path):
     assert "n.extxyz, frame 0" in result.output and "N" in result.output
     result = _eval(tmp_path / "absent.pt", data)
     assert result.exit_code != 0 and "absent.pt" in result.output
+
+
+def test_stress_is_computed_only_for_batches_with_stress_labels(model_path, tmp_path, monkeypatch):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    import mlff.training.evaluation
+
+    asked = []
+    evaluate = mlff.training.evaluation.evaluate
+
+    def recording(model, graph, **kwargs):
+        asked.append(kwargs["compute_stress"])
+        return evaluate(model, graph, **kwargs)
+
+    monkeypatch.setattr(mlff.training.evaluation, "evaluate", recording)
+    unlabelled = []  # periodic cells with energy and forces, no stress
+    for atoms in labelled.copper(2, seed=1):
+        labels = atoms.calc.results
+        atoms.calc = SinglePointCalculator(atoms, energy=labels["energy"], forces=labels["forces"])
+        unlabelled.append(atoms)
+    files = [
+        labelled.write(tmp_path / "cu_no_stress.extxyz", unlabelled),
+        labelled.write(tmp_path / "molecules.extxyz", labelled.molecules(2)),
+        labelled.write(tmp_path / "cu.extxyz", labelled.copper(2)),
+    ]
+    result = _eval(model_path, *files, "--json", "--batch-size", 2)
+    assert result.exit_code == 0, result.output
+    assert asked == [False, False, True]  # batches in file order
+    assert json.loads(result.output.strip())["stress_mae_mev_per_a3"] > 0
+    asked.clear()
+    assert _eval(model_path, files[0], "--json").exit_code == 0
+    assert asked == [False]  # periodic, but no stress label: no stress
