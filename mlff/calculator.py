@@ -11,6 +11,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mlff.compiled import compile_model
 from mlff.covariance import CovarianceResult, check_covariance
 from mlff.errors import CovarianceError
 from mlff.files import load_model
@@ -52,6 +53,8 @@ class MLFFCalculator(Calculator):
         seed: seed of the random rotations.
         include_stress: compute the stress in every calculation of a periodic cell, as when it
             is asked for (default: only when asked for; see :meth:`calculate`).
+        compile: "none" (eager, the reference) or "inductor" (``torch.compile`` the energy
+            function, see :mod:`mlff.compiled`; the first calls compile, for a minute or more).
 
     The stress costs a derivative with respect to a strain besides the positions; MD at fixed
     cell and fixed-cell relaxations never read it, so it is computed only when asked for. A
@@ -71,6 +74,7 @@ class MLFFCalculator(Calculator):
         on_covariance_failure: str = "warn",
         seed: int | None = None,
         include_stress: bool = False,
+        compile: str = "none",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -80,7 +84,10 @@ class MLFFCalculator(Calculator):
             raise ValueError(
                 f"on_covariance_failure must be 'warn' or 'raise', got {on_covariance_failure!r}"
             )
-        self.model = prepare_model(model, device, dtype)
+        prepared = prepare_model(model, device, dtype)
+        if compile != "none" and prepared is model:  # compile a copy, not the caller's model
+            prepared = copy.deepcopy(prepared)
+        self.model = compile_model(prepared, compile)
         self.check_covariance_every = int(check_covariance_every)
         self.covariance_tolerance = covariance_tolerance
         self.on_covariance_failure = on_covariance_failure

@@ -81,6 +81,7 @@ def bench(
     device,
     dtype,
     threads,
+    compile_mode,
     seed,
     as_json,
 ) -> None:
@@ -100,7 +101,9 @@ def bench(
 
     structures = read_checked(structure, index)[-1:]
     atoms = structures[0][1]
-    calculator = load_calculator(model, structures, device=device, dtype=dtype, threads=threads)
+    calculator = load_calculator(
+        model, structures, device=device, dtype=dtype, threads=threads, compile=compile_mode
+    )
     if calculator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(calculator.device)
     settings = MDSettings(
@@ -151,6 +154,7 @@ def bench(
         "n_edges_end": edges_end,
         "device": str(calculator.device),
         "dtype": dtype,
+        "compile": compile_mode,
         "threads": torch.get_num_threads(),
         "steps": summary.steps,
         "steps_per_second": rate,

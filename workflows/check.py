@@ -127,7 +127,7 @@ def _table(results: list[dict]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @cli_errors
 def check(
-    model, structure, index, rotations, seed, rattle, device, dtype, threads, as_json
+    model, structure, index, rotations, seed, rattle, device, dtype, threads, compile_mode, as_json
 ) -> None:
     """Check MODEL's rotation/reflection/translation/permutation covariance on STRUCTURE.
 
@@ -142,7 +142,9 @@ def check(
 
     structures = read_checked(structure, index)[-1:]
     atoms = structures[0][1]
-    calculator = load_calculator(model, structures, device=device, dtype=dtype, threads=threads)
+    calculator = load_calculator(
+        model, structures, device=device, dtype=dtype, threads=threads, compile=compile_mode
+    )
     notes = []
     reference = predict(calculator.model, atoms)
     if rattle is None:

@@ -254,7 +254,16 @@ def finite(ctx, param, value):
 
 
 def runtime_options(command):
-    """The --device, --dtype and --threads options shared by md run, relax, bench and check."""
+    """The --device, --dtype, --threads and --compile options of md run, relax, bench and check."""
+    command = click.option(
+        "--compile",
+        "compile_mode",
+        type=click.Choice(["none", "inductor"]),
+        default="none",
+        show_default=True,
+        help="none: eager (the reference); inductor: torch.compile the model (compiling "
+        "takes a minute or more at the start; faster steps where the benchmark shows it).",
+    )(command)
     command = click.option(
         "--threads",
         type=click.IntRange(min=1),

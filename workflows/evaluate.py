@@ -47,6 +47,14 @@ JSON_KEYS = (
     show_default=True,
     help="CPU threads (0: one on CPU, the fastest for molecular graphs).",
 )
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["none", "inductor"]),
+    default="none",
+    show_default=True,
+    help="none: eager; inductor: torch.compile the model (a minute or more to compile).",
+)
 @cli_errors
 def evaluate(
     model_path,
@@ -60,6 +68,7 @@ def evaluate(
     device,
     dtype,
     threads,
+    compile_mode,
 ) -> None:
     """Report the errors of MODEL on labelled DATA files (any ASE-readable format).
 
@@ -80,6 +89,11 @@ def evaluate(
     model = load_model(model_path, device=device)
     if dtype != "model":
         model = model.to(getattr(torch, dtype))
+    if compile_mode != "none":
+        from mlff.compiled import compile_model
+
+        model.eval().requires_grad_(False)
+        compile_model(model, compile_mode)
     frames = read_labelled(data, LabelKeys(energy_key, forces_key, stress_key))
     known = set(model.elements)
     for frame in frames:

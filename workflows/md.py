@@ -244,6 +244,7 @@ def run(
     device,
     dtype,
     threads,
+    compile_mode,
     progress,
     as_json,
 ) -> None:
@@ -311,6 +312,7 @@ def run(
                 device=device,
                 dtype=dtype,
                 threads=threads,
+                compile=compile_mode,
                 traj=traj,
                 log=log,
                 skin=skin,
@@ -328,6 +330,7 @@ def run(
         device=device,
         dtype=dtype,
         threads=threads,
+        compile=compile_mode,
         covariance_tolerance=covariance_tol,
         on_covariance_failure="raise" if on_covariance_failure == "stop" else "warn",
         seed=seed,

@@ -40,8 +40,8 @@ def run_batched(
 ) -> None:
     """Run ``inputs`` ((where, atoms) pairs) x ``replicas`` in one batch and report.
 
-    ``options``: device, dtype, threads, traj, log, skin, covariance_tol, on_covariance_failure,
-    as_json.
+    ``options``: device, dtype, threads, compile, traj, log, skin, covariance_tol,
+    on_covariance_failure, as_json.
     """
     from mlff.md.runner import run_batched_md
 
@@ -51,6 +51,7 @@ def run_batched(
         device=options["device"],
         dtype=options["dtype"],
         threads=options["threads"],
+        compile=options.get("compile", "none"),
     )
     structures = [atoms.copy() for _, atoms in inputs for _ in range(replicas)]
     summary = run_batched_md(

@@ -115,6 +115,7 @@ def relax(
     device,
     dtype,
     threads,
+    compile_mode,
     as_json,
 ) -> None:
     """Relax every structure in STRUCTURES (multi-frame files, CIF, POSCAR...) with MODEL.
@@ -137,7 +138,9 @@ def relax(
             inputs.append((path if len(frames) == 1 else f"{path}[{k}]", atoms))
     if out is not None:
         _check_output(Path(out), len(inputs))
-    calculator = load_calculator(model, checked, device=device, dtype=dtype, threads=threads)
+    calculator = load_calculator(
+        model, checked, device=device, dtype=dtype, threads=threads, compile=compile_mode
+    )
 
     engine = _choose_engine(engine, optimizer.lower(), calculator.device)
     if engine == "batched":
