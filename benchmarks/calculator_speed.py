@@ -157,6 +157,14 @@ def main() -> None:
         type=Path,
         help="python of an environment with mace-torch: time MACE too and print the ratio",
     )
+    parser.add_argument(
+        "--compile", default="none", choices=["none", "inductor"], help="mlff's --compile"
+    )
+    parser.add_argument(
+        "--stress",
+        action="store_true",
+        help="mlff computes the stress of periodic cells in every call too (MACE always does)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.mace_python and not args.mace_python.is_file():
@@ -170,6 +178,8 @@ def main() -> None:
         "hyperparameters": hyper,
         "device": args.device,
         "threads": args.threads,
+        "compile": args.compile,
+        "mlff_stress_in_every_call": args.stress,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "flops": FLOPS_NOTE.format(n=args.gemm_size),
@@ -196,11 +206,14 @@ def main() -> None:
         )
         edges = graph_from_atoms(atoms, CUTOFF).n_edges
         for dtype in args.dtypes.split(","):
-            calc = MLFFCalculator(model, device=args.device, dtype=dtype)
+            calc = MLFFCalculator(model, device=args.device, dtype=dtype, compile=args.compile)
             cuda = calc.device.type == "cuda"
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            seconds = time_calls(atoms, calc, torch.cuda.synchronize if cuda else None)
+            sync = torch.cuda.synchronize if cuda else None
+            if args.compile != "none":  # compile (and recompile for new shapes) before timing
+                time_calls(atoms, calc, sync, min_calls=2, min_seconds=0, stress=args.stress)
+            seconds = time_calls(atoms, calc, sync, stress=args.stress)
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
             flops, by_op = count_flops(atoms, calc)
             if dtype not in gemm:

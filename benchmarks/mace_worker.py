@@ -56,18 +56,21 @@ def call_times(
     min_calls: int = 3,
     min_seconds: float = 2.0,
     max_calls: int = 50,
+    stress: bool = False,
 ) -> list[float]:
     """Seconds of each timed energy+forces call, each on a fresh rattle (0.02 Å) of ``atoms``.
 
     One warm-up call first (not returned); then at least ``min_calls`` calls and ``min_seconds``
     seconds, at most ``max_calls`` calls. ``synchronize`` (e.g. ``torch.cuda.synchronize``) ends
-    each call.
+    each call. ``stress``: each call asks for the stress too (periodic cells), in one
+    calculation, as an NPT integrator does (MACE's calculator computes it in every call).
     """
     atoms = atoms.copy()
     atoms.calc = calc
     rng = np.random.default_rng(0)
     base = atoms.get_positions()
-    atoms.get_forces()  # warm-up
+    properties = ["energy", "forces"] + (["stress"] if stress and atoms.pbc.all() else [])
+    calc.calculate(atoms, properties, ["positions"])  # warm-up
     if synchronize is not None:
         synchronize()
     times: list[float] = []
@@ -75,7 +78,7 @@ def call_times(
     while len(times) < min_calls or time.perf_counter() - start < min_seconds:
         atoms.set_positions(base + rng.normal(scale=0.02, size=base.shape))
         tick = time.perf_counter()
-        atoms.get_forces()
+        calc.calculate(atoms, properties, ["positions"])
         if synchronize is not None:
             synchronize()
         times.append(time.perf_counter() - tick)

@@ -105,7 +105,9 @@ def one_size(args: argparse.Namespace) -> dict:
         **hyperparameters(args.potential, args.size, args.hyper),
     )
     try:
-        calc = MLFFCalculator(model, device=args.device, dtype=args.dtype)
+        calc = MLFFCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
+        if args.compile != "none":  # compile before timing
+            call_times(atoms, calc, None, min_calls=2, min_seconds=0, max_calls=2)
         cuda = calc.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize()
@@ -195,6 +197,7 @@ def mlff_size(n: int, args: argparse.Namespace, env: dict) -> dict:
         sys.executable, __file__, "--one", str(n), "--dtype", args.dtype,
         "--threads", str(args.threads), "--device", args.device, "--potential", args.potential,
         "--encoder", args.encoder, "--size", args.size, "--hyper", args.hyper,
+        "--compile", args.compile,
     ]  # fmt: skip
     print(f"mlff, {n} atoms asked: {' '.join(command)}", file=sys.stderr, flush=True)
     result, why = run_child(command, args, env)
@@ -311,6 +314,9 @@ def main() -> None:
         "--mace-python",
         type=Path,
         help="python of an environment with mace-torch: run MACE on each size too",
+    )
+    parser.add_argument(
+        "--compile", default="none", choices=["none", "inductor"], help="mlff's --compile"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one size, JSON out
