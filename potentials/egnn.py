@@ -25,14 +25,22 @@ invariants only. With ``layer_readouts=True`` the energy is the sum of a linear 
 ``h`` after every layer and the final MLP readout (as in MACE), which lets the first layers
 learn the short-range part early in training.
 
-Speed: the first linear layer of ``phi_e`` acts on ``[h_i, h_j, rbf, a]``; its ``h_i`` and ``h_j``
-blocks are applied per atom and gathered, not per edge, which saves most of the edge FLOPs.
+Speed (exact reformulations, no approximation):
+
+- the first linear layer of ``phi_e`` acts on ``[h_i, h_j, rbf, a]``; its ``h_i`` and ``h_j``
+  blocks are applied per atom, not per edge, and every layer's radial block is one matmul;
+- edges are grouped by centre (:mod:`.blocks`). Where neighbour counts are even (bulk, liquids,
+  same-size molecules) all edge tensors live in padded neighbour blocks (n_atoms, width, ...):
+  sums over neighbours are sums over the width, with no gather of centres and no scatter;
+  otherwise the per-edge layout is used;
+- the densities ``A_i,l`` are one batched matmul per layer of the harmonics' blocks with the
+  coefficients' blocks, never an (edges, M, C) tensor;
+- above ``max_chunk_edges`` edges the layers run chunk by chunk of centre atoms under activation
+  checkpointing, so memory grows linearly in atoms with a small constant.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -40,180 +48,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import BlocksCache, NeighbourBlocks
-from .layers import BesselBasis, PolynomialEnvelope, mlp, scatter_sum
+from .harmonics import real_harmonics
+
+__all__ = ["EGNN", "EquivariantGraphConv", "real_harmonics"]
+from .egnn_layer import EquivariantGraphConv
+from .layers import BesselBasis, PolynomialEnvelope, mlp
 
 # above this many edges a structure is evaluated in chunks of centre atoms (activation
 # checkpointing), so memory stays linear in atoms with a small constant
 MAX_CHUNK_EDGES = 1 << 20
-
-
-def real_harmonics(unit: torch.Tensor, order: int) -> torch.Tensor:
-    """Real spherical harmonics of degrees 1..``order`` (<= 3) of unit vectors (n, 3).
-
-    Returns (n, 3), (n, 8) or (n, 15) columns, degree by degree, normalised so that the squares
-    of each degree's components sum to 1 (``sum_m Y_lm(a) Y_lm(b) = P_l(a . b)``). On unit
-    vectors each harmonic is a homogeneous polynomial of its degree (1 = x² + y² + z²), so all
-    are one matrix product of the monomials ``[u, u ⊗ u, u ⊗ u ⊗ u]`` (few, large operations).
-    """
-    monomials = [unit]
-    if order >= 2:
-        pairs = (unit.unsqueeze(-1) * unit.unsqueeze(-2)).flatten(-2)
-        monomials.append(pairs)
-    if order >= 3:
-        monomials.append((pairs.unsqueeze(-1) * unit.unsqueeze(-2)).flatten(-2))
-    matrix = _harmonic_matrix(order, unit.dtype, unit.device)
-    return torch.cat(monomials, dim=-1) @ matrix
-
-
-# each harmonic as {exponents (x, y, z): coefficient}, homogeneous in its degree
-_S3, _A, _B, _C = math.sqrt(3.0), math.sqrt(5.0 / 8.0), math.sqrt(15.0), math.sqrt(3.0 / 8.0)
-_HARMONICS = {
-    1: [{(1, 0, 0): 1.0}, {(0, 1, 0): 1.0}, {(0, 0, 1): 1.0}],
-    2: [
-        {(1, 1, 0): _S3},
-        {(0, 1, 1): _S3},
-        {(0, 0, 2): 1.0, (2, 0, 0): -0.5, (0, 2, 0): -0.5},  # (3z² - 1) / 2
-        {(1, 0, 1): _S3},
-        {(2, 0, 0): 0.5 * _S3, (0, 2, 0): -0.5 * _S3},
-    ],
-    3: [
-        {(2, 1, 0): 3.0 * _A, (0, 3, 0): -_A},
-        {(1, 1, 1): _B},
-        {(0, 1, 2): 4.0 * _C, (2, 1, 0): -_C, (0, 3, 0): -_C},  # c y (5z² - 1)
-        {(0, 0, 3): 1.0, (2, 0, 1): -1.5, (0, 2, 1): -1.5},  # z (5z² - 3) / 2
-        {(1, 0, 2): 4.0 * _C, (3, 0, 0): -_C, (1, 2, 0): -_C},  # c x (5z² - 1)
-        {(2, 0, 1): 0.5 * _B, (0, 2, 1): -0.5 * _B},
-        {(3, 0, 0): _A, (1, 2, 0): -3.0 * _A},
-    ],
-}
-
-
-@functools.lru_cache(maxsize=16)
-def _harmonic_matrix(order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(3 + 9 + 27 up to ``order``, components) coefficients of the harmonics in the monomials
-    ``u_a``, ``u_a u_b`` (row 3 + 3a + b), ``u_a u_b u_c`` (row 12 + 9a + 3b + c)."""
-    if order not in _HARMONICS:
-        raise ValueError(f"real harmonics are implemented for orders 1..3, got {order!r}")
-    rows = {1: 3, 2: 12, 3: 39}[order]
-    matrix = torch.zeros(rows, sum(2 * l + 1 for l in range(1, order + 1)), dtype=torch.float64)
-    column, first_row = 0, 0
-    for degree in range(1, order + 1):
-        for polynomial in _HARMONICS[degree]:
-            for exponents, coefficient in polynomial.items():
-                axes = [axis for axis, power in enumerate(exponents) for _ in range(power)]
-                row = first_row + sum(a * 3 ** (degree - 1 - k) for k, a in enumerate(axes))
-                matrix[row, column] = coefficient
-            column += 1
-        first_row += 3**degree
-    return matrix.to(dtype=dtype, device=device)
-
-
-class EquivariantGraphConv(nn.Module):
-    """One E_GCL layer acting on invariant features ``h`` and (optionally) coordinates."""
-
-    def __init__(
-        self,
-        features: int,
-        n_basis: int,
-        edge_features_in: int,
-        coordinate_updates: bool,
-        angular_channels: int = 0,
-        angular_order: int = 1,
-    ) -> None:
-        super().__init__()
-        self.centre_linear = nn.Linear(features, features, bias=True)
-        self.neighbour_linear = nn.Linear(features, features, bias=False)
-        self.radial_linear = nn.Linear(n_basis + edge_features_in, features, bias=False)
-        self.message_mlp = nn.Sequential(nn.SiLU(), nn.Linear(features, features), nn.SiLU())
-        self.gate = nn.Linear(features, 1)
-        self.angular_channels = int(angular_channels)
-        self.angular_order = int(angular_order)
-        n_angular = self.angular_channels * self.angular_order
-        self.angular_linear = (
-            nn.Linear(features, n_angular, bias=False) if self.angular_channels else None
-        )
-        # (M, order * C): 1 where a harmonic's degree is the channel block's degree
-        degree = torch.tensor(
-            [l for l in range(1, self.angular_order + 1) for _ in range(2 * l + 1)]
-        )
-        channel_degree = torch.arange(1, self.angular_order + 1).repeat_interleave(
-            self.angular_channels
-        )
-        self.register_buffer(
-            "degree_mask", (degree[:, None] == channel_degree[None, :]).float(), persistent=False
-        )
-        self.node_mlp = mlp([2 * features + n_angular, features, features])
-        self.coordinate_mlp = mlp([features, features, 1]) if coordinate_updates else None
-
-    def edge_sums(
-        self,
-        centre_part: torch.Tensor,
-        neighbour_part: torch.Tensor,
-        radial_part: torch.Tensor,
-        envelope: torch.Tensor,
-        edge_index: torch.Tensor,
-        edge_vectors: torch.Tensor,
-        edge_lengths: torch.Tensor,
-        harmonic_blocks: torch.Tensor | None,
-        blocks: NeighbourBlocks,
-        atoms: tuple[int, int],
-        inv_avg_neighbors: float,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The edge sums of centre atoms ``atoms = (first, end)``, from their sorted edges.
-
-        ``centre_part``/``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and
-        ``h_j`` blocks applied per atom; ``radial_part`` (e, F) its radial block per edge.
-        ``harmonic_blocks`` (end - first, width, M): the edge directions' harmonics in
-        neighbour blocks. Returns the aggregated messages (end - first, F), the angular
-        invariants (end - first, order * C) or None, and the coordinate shift or None.
-        """
-        first, end = atoms
-        centre, neighbour = edge_index[0], edge_index[1]
-        local_centre = centre - first if first else centre
-        n_local = end - first
-        message = self.message_mlp(centre_part[centre] + neighbour_part[neighbour] + radial_part)
-        message = message * (torch.sigmoid(self.gate(message)) * envelope.unsqueeze(-1))
-        aggregated = scatter_sum(message, local_centre, n_local) * inv_avg_neighbors
-        angular = None
-        if self.angular_linear is not None and harmonic_blocks is not None:
-            angular = self._angular_invariants(
-                message, harmonic_blocks, blocks, atoms, inv_avg_neighbors
-            )
-        shift = None
-        if self.coordinate_mlp is not None:
-            # (x_i - x_j) = -edge_vectors; EDM normalisation by (d_ij + 1). phi_x(0) != 0, so
-            # the envelope must multiply here too, or an edge leaving the cutoff would pull
-            weights = self.coordinate_mlp(message) * (
-                envelope.unsqueeze(-1) / (edge_lengths.unsqueeze(-1) + 1.0)
-            )
-            shift = scatter_sum(-edge_vectors * weights, local_centre, n_local) * inv_avg_neighbors
-        return aggregated, angular, shift
-
-    def _angular_invariants(
-        self,
-        message: torch.Tensor,
-        harmonic_blocks: torch.Tensor,
-        blocks: NeighbourBlocks,
-        atoms: tuple[int, int],
-        inv_avg_neighbors: float,
-    ) -> torch.Tensor:
-        """(n, order * C): ``|sum_j Y_l(r̂_ij) psi_l(m_ij)|²``, l = 1..order, per channel.
-
-        Contracted per centre: the coefficients ``psi`` (e, order * C) go into neighbour blocks
-        (n, width, order * C) and one batched matmul with the harmonics' blocks (n, width, M)
-        gives every centre's densities (n, M, order * C); no (edges, M, C) tensor is formed.
-        """
-        coefficients = blocks.to_blocks(self.angular_linear(message), *atoms)
-        densities = torch.bmm(harmonic_blocks.transpose(1, 2), coefficients) * inv_avg_neighbors
-        # each degree's channels summed over that degree's components only
-        return (densities.pow(2) * self.degree_mask).sum(1)
-
-    def node_update(
-        self, h: torch.Tensor, aggregated: torch.Tensor, angular: torch.Tensor | None
-    ) -> torch.Tensor:
-        """``h + phi_h([h, sum_j m_ij / n, angular invariants])`` (n_atoms, F)."""
-        parts = [h, aggregated] if angular is None else [h, aggregated, angular]
-        return h + self.node_mlp(torch.cat(parts, dim=-1))
+# neighbour blocks hold n_atoms x (largest neighbour count) slots; above this many slots per edge
+# (very uneven neighbour counts) the per-edge layout wastes less
+MAX_PADDING = 1.5
 
 
 class EGNN(nn.Module):
@@ -281,6 +127,7 @@ class EGNN(nn.Module):
         self.features = int(features)
         self.shared_geometry = not any(layer.coordinate_mlp is not None for layer in self.layers)
         self.max_chunk_edges = MAX_CHUNK_EDGES
+        self.max_padding = MAX_PADDING
         self._blocks = BlocksCache()
         self.readout = mlp([features, features // 2 or 1, 1])
         self.layer_readouts = (
@@ -304,10 +151,51 @@ class EGNN(nn.Module):
             edge_lengths = edge_lengths[blocks.order]
             if edge_features is not None:
                 edge_features = edge_features[blocks.order]
-        envelope = self.envelope(edge_lengths)
         h = self.embed(node_features)
-        displacement: torch.Tensor | None = None
+        n_edges = edge_index.shape[1]
+        in_blocks = (
+            self.shared_geometry
+            and len(blocks.chunks) == 1
+            and n_atoms * blocks.width <= self.max_padding * n_edges
+        )
+        layers = self._layers_in_blocks if in_blocks else self._layers_on_edges
         energies: torch.Tensor | None = None
+        states = layers(h, edge_features, edge_index, edge_vectors, edge_lengths, blocks)
+        for k, h in enumerate(states):  # noqa: B020 (h: the state after layer k)
+            if self.layer_readouts is not None and k < len(self.layer_readouts):
+                term = self.layer_readouts[k](h).squeeze(-1)
+                energies = term if energies is None else energies + term
+        final = self.readout(h).squeeze(-1)
+        return final if energies is None else energies + final
+
+    def _layers_in_blocks(self, h, edge_features, edge_index, edge_vectors, edge_lengths, blocks):
+        """Yield ``h`` after each layer, every edge tensor laid out in neighbour blocks (fixed
+        coordinates, one chunk): the radial basis, envelope, neighbour indices and harmonics
+        are put into blocks once and shared by all layers."""
+        radial = self.radial_basis(edge_lengths)
+        if edge_features is not None:
+            radial = torch.cat([radial, edge_features], dim=-1)
+        weight = torch.cat([layer.radial_linear.weight for layer in self.layers], dim=0)
+        radial_parts = nn.functional.linear(blocks.to_blocks(radial), weight)
+        radial_parts = radial_parts.split(self.features, dim=-1)
+        envelope = blocks.to_blocks(self.envelope(edge_lengths))
+        neighbour = blocks.to_blocks(edge_index[1])
+        harmonics_t = None
+        if self.angular_channels:
+            unit = edge_vectors / edge_lengths.unsqueeze(-1)
+            harmonics_t = blocks.to_blocks(real_harmonics(unit, self.angular_order)).transpose(1, 2)
+        for layer, radial_part in zip(self.layers, radial_parts, strict=True):
+            aggregated, angular = layer.block_sums(
+                h, radial_part, envelope, neighbour, harmonics_t, self.inv_avg_neighbors
+            )
+            h = layer.node_update(h, aggregated, angular)
+            yield h
+
+    def _layers_on_edges(self, h, edge_features, edge_index, edge_vectors, edge_lengths, blocks):
+        """Yield ``h`` after each layer, with per-edge tensors (any neighbour counts, moving
+        coordinates, chunks)."""
+        envelope = self.envelope(edge_lengths)
+        displacement: torch.Tensor | None = None
         geometry: _EdgeGeometry | None = None
         for k, layer in enumerate(self.layers):
             if displacement is not None:
@@ -323,11 +211,7 @@ class EGNN(nn.Module):
             h = layer.node_update(h, aggregated, angular)
             if shift is not None:
                 displacement = shift if displacement is None else displacement + shift
-            if self.layer_readouts is not None and k < len(self.layer_readouts):
-                term = self.layer_readouts[k](h).squeeze(-1)
-                energies = term if energies is None else energies + term
-        final = self.readout(h).squeeze(-1)
-        return final if energies is None else energies + final
+            yield h
 
     def _geometry(
         self,

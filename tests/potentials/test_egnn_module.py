@@ -102,13 +102,23 @@ OPTIONS = {
 }
 
 
+LAYOUTS = {  # name: (max_chunk_edges, max_padding)
+    "edges": (1 << 20, 0.0),
+    "blocks": (1 << 20, float("inf")),
+    "chunks": (7, float("inf")),
+}
+
+
 @pytest.mark.parametrize("name", sorted(OPTIONS))
-@pytest.mark.parametrize("chunk_edges", [None, 7])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("edge_features_in", [0, 3])
-def test_fast_paths_equal_the_per_edge_equations(name, chunk_edges, edge_features_in):
+def test_fast_paths_equal_the_per_edge_equations(name, layout, edge_features_in):
     model = make_egnn(edge_features_in, **OPTIONS[name])
-    if chunk_edges:
-        model.max_chunk_edges = chunk_edges
+    model.max_chunk_edges, model.max_padding = LAYOUTS[layout]
+    chunk_edges = layout == "chunks"
+    in_blocks = []  # which layout ran
+    original = model._layers_in_blocks
+    model._layers_in_blocks = lambda *args: (in_blocks.append(True), original(*args))[1]
     positions, pairs = cluster()
     nodes = torch.randn(positions.shape[0], 5, dtype=torch.float64)
     edges = torch.randn(pairs.shape[1], 3, dtype=torch.float64) if edge_features_in else None
@@ -121,6 +131,7 @@ def test_fast_paths_equal_the_per_edge_equations(name, chunk_edges, edge_feature
 
     energy, forces = energy_and_forces(fast, positions, pairs)
     energy_ref, forces_ref = energy_and_forces(naive, positions, pairs)
+    assert bool(in_blocks) == (layout == "blocks" and model.shared_geometry)
     n_chunks = len(model._blocks._blocks.chunks)
     assert n_chunks > 2 if chunk_edges else n_chunks == 1
     torch.testing.assert_close(energy, energy_ref, rtol=0, atol=1e-10)

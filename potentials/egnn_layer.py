@@ -1,0 +1,155 @@
+"""One E_GCL layer of the EGNN (:mod:`.egnn`), with its edge sums in two layouts.
+
+``edge_sums`` takes per-edge tensors sorted by centre (any neighbour counts, a chunk of centre
+atoms, moving coordinates); ``block_sums`` takes them in padded neighbour blocks (fixed
+coordinates). Both give the same aggregated messages and angular invariants.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import NeighbourBlocks
+from .layers import mlp, scatter_sum
+
+
+class EquivariantGraphConv(nn.Module):
+    """One E_GCL layer acting on invariant features ``h`` and (optionally) coordinates."""
+
+    def __init__(
+        self,
+        features: int,
+        n_basis: int,
+        edge_features_in: int,
+        coordinate_updates: bool,
+        angular_channels: int = 0,
+        angular_order: int = 1,
+    ) -> None:
+        super().__init__()
+        self.centre_linear = nn.Linear(features, features, bias=True)
+        self.neighbour_linear = nn.Linear(features, features, bias=False)
+        self.radial_linear = nn.Linear(n_basis + edge_features_in, features, bias=False)
+        self.message_mlp = nn.Sequential(nn.SiLU(), nn.Linear(features, features), nn.SiLU())
+        self.gate = nn.Linear(features, 1)
+        self.angular_channels = int(angular_channels)
+        self.angular_order = int(angular_order)
+        n_angular = self.angular_channels * self.angular_order
+        self.angular_linear = (
+            nn.Linear(features, n_angular, bias=False) if self.angular_channels else None
+        )
+        # (M, order * C): 1 where a harmonic's degree is the channel block's degree
+        degree = torch.tensor(
+            [l for l in range(1, self.angular_order + 1) for _ in range(2 * l + 1)]
+        )
+        channel_degree = torch.arange(1, self.angular_order + 1).repeat_interleave(
+            self.angular_channels
+        )
+        self.register_buffer(
+            "degree_mask", (degree[:, None] == channel_degree[None, :]).float(), persistent=False
+        )
+        self.node_mlp = mlp([2 * features + n_angular, features, features])
+        self.coordinate_mlp = mlp([features, features, 1]) if coordinate_updates else None
+
+    def edge_sums(
+        self,
+        centre_part: torch.Tensor,
+        neighbour_part: torch.Tensor,
+        radial_part: torch.Tensor,
+        envelope: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_vectors: torch.Tensor,
+        edge_lengths: torch.Tensor,
+        harmonic_blocks: torch.Tensor | None,
+        blocks: NeighbourBlocks,
+        atoms: tuple[int, int],
+        inv_avg_neighbors: float,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The edge sums of centre atoms ``atoms = (first, end)``, from their sorted edges.
+
+        ``centre_part``/``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and
+        ``h_j`` blocks applied per atom; ``radial_part`` (e, F) its radial block per edge.
+        ``harmonic_blocks`` (end - first, width, M): the edge directions' harmonics in
+        neighbour blocks. Returns the aggregated messages (end - first, F), the angular
+        invariants (end - first, order * C) or None, and the coordinate shift or None.
+        """
+        first, end = atoms
+        centre, neighbour = edge_index[0], edge_index[1]
+        local_centre = centre - first if first else centre
+        n_local = end - first
+        message = self.message(
+            centre_part[centre] + neighbour_part[neighbour] + radial_part, envelope
+        )
+        aggregated = scatter_sum(message, local_centre, n_local) * inv_avg_neighbors
+        angular = None
+        if self.angular_linear is not None and harmonic_blocks is not None:
+            angular = self._angular_invariants(
+                message, harmonic_blocks, blocks, atoms, inv_avg_neighbors
+            )
+        shift = None
+        if self.coordinate_mlp is not None:
+            # (x_i - x_j) = -edge_vectors; EDM normalisation by (d_ij + 1). phi_x(0) != 0, so
+            # the envelope must multiply here too, or an edge leaving the cutoff would pull
+            weights = self.coordinate_mlp(message) * (
+                envelope.unsqueeze(-1) / (edge_lengths.unsqueeze(-1) + 1.0)
+            )
+            shift = scatter_sum(-edge_vectors * weights, local_centre, n_local) * inv_avg_neighbors
+        return aggregated, angular, shift
+
+    def _angular_invariants(
+        self,
+        message: torch.Tensor,
+        harmonic_blocks: torch.Tensor,
+        blocks: NeighbourBlocks,
+        atoms: tuple[int, int],
+        inv_avg_neighbors: float,
+    ) -> torch.Tensor:
+        """(n, order * C): ``|sum_j Y_l(r̂_ij) psi_l(m_ij)|²``, l = 1..order, per channel.
+
+        Contracted per centre: the coefficients ``psi`` (e, order * C) go into neighbour blocks
+        (n, width, order * C) and one batched matmul with the harmonics' blocks (n, width, M)
+        gives every centre's densities (n, M, order * C); no (edges, M, C) tensor is formed.
+        """
+        coefficients = blocks.to_blocks(self.angular_linear(message), *atoms)
+        densities = torch.bmm(harmonic_blocks.transpose(1, 2), coefficients) * inv_avg_neighbors
+        return self.invariants(densities)
+
+    def message(self, pre: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
+        """``m_ij = phi_e(pre) * sigmoid(phi_inf(.)) * u(r_ij)`` from the first linear layer's
+        output ``pre`` (..., F) and the envelope (...)."""
+        message = self.message_mlp(pre)
+        return message * (torch.sigmoid(self.gate(message)) * envelope.unsqueeze(-1))
+
+    def invariants(self, densities: torch.Tensor) -> torch.Tensor:
+        """(n, order * C) ``|A_i,l|²`` of the densities (n, M, order * C): each degree's
+        channels summed over that degree's components only."""
+        return (densities.pow(2) * self.degree_mask).sum(1)
+
+    def block_sums(
+        self,
+        h: torch.Tensor,
+        radial_part: torch.Tensor,
+        envelope: torch.Tensor,
+        neighbour: torch.Tensor,
+        harmonics_t: torch.Tensor | None,
+        inv_avg_neighbors: float,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Aggregated messages (n_atoms, F) and angular invariants (n_atoms, order * C) or None,
+        with every edge tensor in neighbour blocks: ``radial_part`` (n_atoms, width, F),
+        ``envelope`` and ``neighbour`` (n_atoms, width; zero in padding, so padded messages
+        are exactly zero), ``harmonics_t`` (n_atoms, M, width). No gather of the centres and
+        no scatter: the sums over neighbours are sums over the block's width."""
+        pre = self.centre_linear(h).unsqueeze(1) + self.neighbour_linear(h)[neighbour]
+        message = self.message(pre + radial_part, envelope)
+        aggregated = message.sum(1) * inv_avg_neighbors
+        if self.angular_linear is None or harmonics_t is None:
+            return aggregated, None
+        densities = torch.bmm(harmonics_t, self.angular_linear(message)) * inv_avg_neighbors
+        return aggregated, self.invariants(densities)
+
+    def node_update(
+        self, h: torch.Tensor, aggregated: torch.Tensor, angular: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``h + phi_h([h, sum_j m_ij / n, angular invariants])`` (n_atoms, F)."""
+        parts = [h, aggregated] if angular is None else [h, aggregated, angular]
+        return h + self.node_mlp(torch.cat(parts, dim=-1))
