@@ -19,6 +19,7 @@ import itertools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -106,7 +107,8 @@ class TrainingLoop:
     Hooks (called on rank 0 only): ``on_validation(row, improved)`` after each validation,
     ``on_checkpoint()`` when the last checkpoint should be written, ``on_signal()`` when a
     signal stopped the run. ``monitors`` are called as ``monitor(loop)`` after each validation,
-    on every process, with the training clock paused (the benchmark evaluates a test set there).
+    on every process that has them, with the training clock of every process paused (the
+    benchmark evaluates a test set there).
     """
 
     def __init__(
@@ -347,7 +349,10 @@ class TrainingLoop:
             progress.stopped = reason
             return progress
         self.schedule.step(self.fraction())
-        with GracefulStop() as stop:
+        with GracefulStop() as stop, warnings.catch_warnings():
+            # DDP compares the strides of gradients with its buckets' also along dimensions of
+            # size 1 (a (1, n) weight), where they do not change the layout: a false alarm
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
             while not progress.stopped:
                 reason = self._epoch(stop)
                 if reason in ("SIGINT", "SIGTERM"):
@@ -366,8 +371,10 @@ class TrainingLoop:
                     self.settings.log(self._describe(row))
                     self.on_validation(row, improved)
                     self.on_checkpoint()
-                for monitor in self.monitors:
-                    with self.paused():
+                with self.paused():
+                    for monitor in self.monitors:
                         monitor(self)
+                    # processes with other monitors (or none) wait here, their clocks paused
+                    self.context.barrier()
         self.context.barrier()
         return progress
