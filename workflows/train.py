@@ -1,6 +1,7 @@
 """``mlff train``: options in, :func:`mlff.training.run_training` does the work.
 
-Several processes (GPUs, or CPU cores with gloo)::
+On a CPU it starts one process per core itself (``--workers``). Several GPUs (or a launch of
+one's own)::
 
     torchrun --nproc-per-node N -m mlff.workflows.train DATA [options]
 """
@@ -145,7 +146,19 @@ def _options(function):
             None,
             {
                 "type": int,
-                "help": "CPU threads per process (0: one on CPU; use torchrun for more cores).",
+                "help": "CPU threads per process (0: one on CPU). Given alone, training runs "
+                "in one process with this many threads.",
+            },
+        ),
+        (
+            "--workers",
+            None,
+            {
+                "type": int,
+                "help": "Training processes on CPU, each on its share of every step's batches "
+                "(a step takes workers x batch size frames; 0: one per available core, each "
+                "keeping 4 batches per epoch; 1 with --threads or on CUDA; ignored under "
+                "torchrun).",
             },
         ),
         ("--eval-batch-size", None, {"type": int, "help": "Structures per evaluation batch."}),

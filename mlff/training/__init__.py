@@ -12,6 +12,7 @@
 ``plots``             learning curves and parity plots
 ``evaluation``        errors of a model on a labelled set
 ``distributed``       torchrun / DistributedDataParallel set-up
+``workers``           ``mlff train``'s own processes on a CPU, one per core
 ``loop``              epochs, validation, stopping, signals
 ``run``               a whole run: options -> files
 ====================  ================================================================

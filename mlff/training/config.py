@@ -84,7 +84,8 @@ class TrainConfig:
     # running
     device: str = "auto"
     dtype: str = "float32"
-    threads: int = 0
+    threads: int = 0  # torch CPU threads per process; 0: one on a CPU
+    workers: int = 0  # training processes; 0: one per CPU core (one with threads or on a GPU)
     eval_batch_size: int = 64
     progress: str = "auto"
 
@@ -122,6 +123,9 @@ class TrainConfig:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.time_limit < 0:
             problems.append(f"time_limit must be >= 0 minutes (0 = none), got {self.time_limit}")
+        for name in ("threads", "workers"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (0 = automatic), got {getattr(self, name)}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.dtype not in DTYPES:

@@ -5,7 +5,8 @@
 process reads the data, builds the same model from the same seed, trains on its share of each
 epoch's batches through :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged
 across processes), and only rank 0 writes files. Backend: NCCL on GPUs, gloo on CPUs. Without
-those variables (a plain ``mlff train``) everything below is a no-op for one process.
+those variables everything below is a no-op for one process; a plain ``mlff train`` on a CPU
+starts its own processes instead (:mod:`mlff.training.workers`).
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ class Distributed:
             dist.barrier()
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init_distributed(device_type: str) -> Distributed:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if not launched_by_torchrun():
         return Distributed()
+    world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():

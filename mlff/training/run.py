@@ -31,7 +31,12 @@ from mlff.runtime import resolve_device, set_threads
 from mlff.training.checkpoint import load_checkpoint, save_checkpoint
 from mlff.training.config import TrainConfig, config_from_dict, write_config
 from mlff.training.dataset import GraphSet
-from mlff.training.distributed import Distributed, init_distributed, shutdown
+from mlff.training.distributed import (
+    Distributed,
+    init_distributed,
+    launched_by_torchrun,
+    shutdown,
+)
 from mlff.training.ema import ExponentialMovingAverage
 from mlff.training.evaluation import evaluate_set
 from mlff.training.loop import LoopSettings, Progress, TrainingLoop
@@ -40,6 +45,7 @@ from mlff.training.metrics import FIGURES, MetricsLog
 from mlff.training.plots import plot_learning_curves, plot_parity
 from mlff.training.schedule import LearningRateSchedule
 from mlff.training.statistics import data_statistics, read_reference_energies
+from mlff.training.workers import count_workers, worker_processes
 
 MODEL = "model.pt"
 LAST = "checkpoint_last.pt"
@@ -173,15 +179,41 @@ def run_training(
 
     ``log`` receives the progress lines; ``monitors`` are called after each validation with
     the training clock paused; ``clock`` (seconds) replaces wall time for the time limit.
+
+    Processes: under ``torchrun`` this is one of its processes. Otherwise the run takes
+    ``config.workers`` processes (0: one per available CPU core, see
+    :func:`~mlff.training.workers.count_workers`); this process is the first, and it alone
+    logs, calls ``monitors`` and writes files; the others are started here and get ``clock``
+    (which must then be picklable, e.g. ``time.process_time``).
     """
     config.check()
     config = _absolute_paths(config)
     device = resolve_device(config.device)
-    context = init_distributed(device.type)
-    try:
-        return _run(config, resume, log, monitors, clock, device, context)
-    finally:
-        shutdown(context)
+    if launched_by_torchrun():
+        context = init_distributed(device.type)
+        try:
+            return _run(config, resume, log, monitors, clock, device, context)
+        finally:
+            shutdown(context)
+    _refuse_existing_run(Path(config.out), resume)
+    data = load_datasets(config)
+    workers = count_workers(config, device, data.train.n_batches(config.batch_size))
+    if workers == 1:
+        return _run(config, resume, log, monitors, clock, device, Distributed(), data)
+    with worker_processes(config, resume, clock, workers) as context:
+        return _run(config, resume, log, monitors, clock, device, context, data)
+
+
+def train_worker(
+    config: TrainConfig, resume: bool, clock: Callable[[], float] | None, context: Distributed
+) -> None:
+    """The share of a run of a worker process started by :func:`run_training` (rank > 0):
+    trains, writes nothing."""
+    _run(config, resume, _silent, (), clock, torch.device("cpu"), context)
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -199,20 +231,28 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
     )
 
 
-def _run(config, resume, log, monitors, clock, device, context: Distributed) -> TrainResult:
-    if device.type == "cuda" and context.enabled:
-        device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    set_threads(config.threads, device)
-    out = Path(config.out)
+def _refuse_existing_run(out: Path, resume: bool) -> None:
     if not resume and (out / LAST).is_file():
         raise DataError(
             f"{out} already holds a training run; continue it with --resume {out} "
             "or give another --out"
         )
+
+
+def _run(
+    config, resume, log, monitors, clock, device, context: Distributed, data: Datasets | None = None
+) -> TrainResult:
+    """The run in this process (``data``: the datasets when already read)."""
+    if device.type == "cuda" and context.enabled:
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    set_threads(config.threads, device)
+    out = Path(config.out)
+    _refuse_existing_run(out, resume)
     checkpoint = load_checkpoint(out / LAST) if resume else None
     torch.manual_seed(config.seed)
-    data = load_datasets(config)
+    if data is None:
+        data = load_datasets(config)
     model, statistics = _build(config, data)
     if checkpoint is not None:
         model = model_from_payload(checkpoint["model"], where=str(out / LAST))
@@ -223,7 +263,8 @@ def _run(config, resume, log, monitors, clock, device, context: Distributed) -> 
             f"{len(data.train)} training, {len(data.valid) if data.valid else 0} validation, "
             f"{len(data.test) if data.test else 0} test frames; elements "
             f"{', '.join(data.elements)}; {sum(p.numel() for p in model.parameters())} "
-            f"parameters ({config.potential}, {config.dtype}, {device})"
+            f"parameters ({config.potential}, {config.dtype}, {device}"
+            + (f", {context.world_size} processes)" if context.enabled else ")")
         )
         write_config(config, out / "config.yaml")
 
@@ -351,7 +392,7 @@ def config_for_resume(out: str | os.PathLike, overrides: dict) -> TrainConfig:
     """The options of the run in ``out`` with ``overrides`` (stopping and running options only)."""
     from mlff.training.config import read_config
 
-    allowed = {"epochs", "time_limit", "patience", "device", "threads", "progress"}
+    allowed = {"epochs", "time_limit", "patience", "device", "threads", "workers", "progress"}
     refused = sorted(set(overrides) - allowed)
     if refused:
         raise DataError(

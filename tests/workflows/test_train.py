@@ -23,7 +23,7 @@ from mlff.training.checkpoint import load_checkpoint
 from tests.training import labelled
 
 SMALL = ["--features", "8", "--num-layers", "1", "--batch-size", "4", "--progress", "lines",
-         "--threads", "1"]  # fmt: skip
+         "--threads", "1", "--workers", "1"]  # fmt: skip
 TINY = [*SMALL, "--time-limit", "0"]
 OUTPUTS = (
     "model.pt",
@@ -262,11 +262,13 @@ def _environment() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def test_sigterm_stops_cleanly_and_leaves_a_usable_model(data, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_cleanly_and_leaves_a_usable_model(data, tmp_path, workers):
     out = tmp_path / "run"
+    (tmp_path / "tmp").mkdir()  # where the workers' job folder goes
     process = subprocess.Popen(
-        _command(data["train"], "--out", out, "--epochs", 100000, *TINY),
-        env=_environment(),
+        _command(data["train"], "--out", out, "--epochs", 100000, *TINY, "--workers", workers),
+        env={**_environment(), "TMPDIR": str(tmp_path / "tmp")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -274,12 +276,46 @@ def test_sigterm_stops_cleanly_and_leaves_a_usable_model(data, tmp_path):
     deadline = time.time() + 60
     while not (out / "checkpoint_last.pt").is_file() and time.time() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)  # to rank 0 alone: the workers hear it from rank 0
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 143, output
     assert "interrupted (SIGTERM)" in output and "--resume" in output
+    assert output.count("stopped (SIGTERM)") == 1
     assert load_model(out / "model.pt").elements == ["H", "C", "O"]
     assert load_checkpoint(out / "checkpoint_last.pt")["progress"]["stopped"] == "SIGTERM"
+    # the workers are gone, and their folder too
+    assert [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("mlff-workers")] == []
+
+
+def test_two_workers_train_and_write_what_one_writes(data, tmp_path):
+    outputs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        result = _train(data["train"], "--out", out, "--epochs", 2, "--test", data["test"],
+                        "--valid-fraction", 0.25, *TINY, "--workers", workers)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert result.output.count("model:") == 1 and "test: energy MAE" in result.output
+        outputs[workers] = (out, result.output)
+    (one, one_log), (two, two_log) = outputs[1], outputs[2]
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert "2 processes" in two_log and "processes" not in one_log
+    rows_one, rows_two = _rows(one), _rows(two)
+    assert list(rows_two[0]) == list(rows_one[0]) and len(rows_two) == len(rows_one) == 2
+    # 12 training frames in batches of 4: 3 steps an epoch, or 1 each for 2 workers
+    assert [r["step"] for r in rows_one] == ["3", "6"]
+    assert [r["step"] for r in rows_two] == ["1", "2"]
+    losses = [float(r["valid_loss"]) for r in rows_two]
+    assert np.isfinite(losses).all() and losses[1] < losses[0]  # the workers train
+    summaries = [json.loads((out / "summary.json").read_text()) for out in (one, two)]
+    assert summaries[1].keys() == summaries[0].keys() and summaries[1]["stopped"] == "epochs"
+    assert summaries[1]["test"].keys() == summaries[0]["test"].keys()
+    configs = [yaml.safe_load((out / "config.yaml").read_text()) for out in (one, two)]
+    assert (configs[0]["workers"], configs[1]["workers"]) == (1, 2)
+    assert {k for k in configs[0] if configs[0][k] != configs[1][k]} == {"out", "workers"}
+    model = load_model(two / "model.pt")
+    assert model.config["hyperparameters"]["features"] == 8
+    checkpoint = load_checkpoint(two / "checkpoint_last.pt")
+    assert checkpoint["progress"]["step"] == 2 and checkpoint["progress"]["epoch"] == 2
 
 
 @pytest.mark.slow
