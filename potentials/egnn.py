@@ -171,13 +171,13 @@ class EGNN(nn.Module):
     def _layers_in_blocks(self, h, edge_features, edge_index, edge_vectors, edge_lengths, blocks):
         """Yield ``h`` after each layer, every edge tensor laid out in neighbour blocks (fixed
         coordinates, one chunk): the radial basis, envelope, neighbour indices and harmonics
-        are put into blocks once and shared by all layers."""
+        are put into blocks once and shared by all layers, and every layer's radial projection
+        is one batched matmul (contiguous per layer)."""
         radial = self.radial_basis(edge_lengths)
         if edge_features is not None:
             radial = torch.cat([radial, edge_features], dim=-1)
-        weight = torch.cat([layer.radial_linear.weight for layer in self.layers], dim=0)
-        radial_parts = nn.functional.linear(blocks.to_blocks(radial), weight)
-        radial_parts = radial_parts.split(self.features, dim=-1)
+        weight = torch.stack([layer.radial_linear.weight.T for layer in self.layers])
+        radial_parts = torch.matmul(blocks.to_blocks(radial).unsqueeze(0), weight.unsqueeze(1))
         envelope = blocks.to_blocks(self.envelope(edge_lengths))
         neighbour = blocks.to_blocks(edge_index[1])
         harmonics_t = None
@@ -186,7 +186,13 @@ class EGNN(nn.Module):
             harmonics_t = blocks.to_blocks(real_harmonics(unit, self.angular_order)).transpose(1, 2)
         for layer, radial_part in zip(self.layers, radial_parts, strict=True):
             aggregated, angular = layer.block_sums(
-                h, radial_part, envelope, neighbour, harmonics_t, self.inv_avg_neighbors
+                layer.centre_linear(h),
+                layer.neighbour_linear(h),
+                radial_part,
+                envelope,
+                neighbour,
+                harmonics_t,
+                self.inv_avg_neighbors,
             )
             h = layer.node_update(h, aggregated, angular)
             yield h

@@ -127,20 +127,23 @@ class EquivariantGraphConv(nn.Module):
 
     def block_sums(
         self,
-        h: torch.Tensor,
+        centre_part: torch.Tensor,
+        neighbour_part: torch.Tensor,
         radial_part: torch.Tensor,
         envelope: torch.Tensor,
         neighbour: torch.Tensor,
         harmonics_t: torch.Tensor | None,
         inv_avg_neighbors: float,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Aggregated messages (n_atoms, F) and angular invariants (n_atoms, order * C) or None,
-        with every edge tensor in neighbour blocks: ``radial_part`` (n_atoms, width, F),
-        ``envelope`` and ``neighbour`` (n_atoms, width; zero in padding, so padded messages
-        are exactly zero), ``harmonics_t`` (n_atoms, M, width). No gather of the centres and
-        no scatter: the sums over neighbours are sums over the block's width."""
-        pre = self.centre_linear(h).unsqueeze(1) + self.neighbour_linear(h)[neighbour]
-        message = self.message(pre + radial_part, envelope)
+        """Aggregated messages (n, F) and angular invariants (n, order * C) or None of n centre
+        atoms, with every edge tensor in neighbour blocks: ``radial_part`` (n, width, F),
+        ``envelope`` and ``neighbour`` (n, width; zero in padding, so padded messages are
+        exactly zero), ``harmonics_t`` (n, M, width). ``centre_part`` (n, F) and
+        ``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and ``h_j`` blocks
+        applied per atom. No gather of the centres and no scatter: the sums over neighbours
+        are sums over the block's width."""
+        pre = centre_part.unsqueeze(1) + neighbour_part[neighbour] + radial_part
+        message = self.message(pre, envelope)
         aggregated = message.sum(1) * inv_avg_neighbors
         if self.angular_linear is None or harmonics_t is None:
             return aggregated, None
