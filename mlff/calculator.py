@@ -18,7 +18,7 @@ from mlff.files import load_model
 from mlff.forces import evaluate
 from mlff.graph import graph_from_atoms
 from mlff.model import ForceField
-from mlff.runtime import resolve_device, resolve_dtype
+from mlff.runtime import keep_freed_memory, resolve_device, resolve_dtype
 
 
 def prepare_model(
@@ -88,6 +88,8 @@ class MLFFCalculator(Calculator):
         if compile != "none" and prepared is model:  # compile a copy, not the caller's model
             prepared = copy.deepcopy(prepared)
         self.model = compile_model(prepared, compile)
+        if self.model.device.type == "cpu":
+            keep_freed_memory()
         self.check_covariance_every = int(check_covariance_every)
         self.covariance_tolerance = covariance_tolerance
         self.on_covariance_failure = on_covariance_failure

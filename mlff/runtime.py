@@ -6,6 +6,10 @@ torch settings, so every command resolves them the same way.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+
 import torch
 
 from mlff.errors import MLFFError
@@ -50,3 +54,33 @@ def set_threads(
         return
     if torch.device(device).type == "cpu" and (n_atoms is None or n_atoms < SMALL_SYSTEM_ATOMS):
         torch.set_num_threads(1)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_allocator_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc serves every allocation above 32 MB with a fresh ``mmap`` and unmaps it on
+    free, so each force call on a large structure touches its activations' pages anew: at
+    16,384 Cu atoms the kernel's page faults took longer than the model (``docs/measurements.md``).
+    Serving all allocations from the heap and never trimming it makes repeated calls reuse the
+    same pages. Process-wide and idempotent; returns whether it took effect (glibc only). Set
+    ``MLFF_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if os.environ.get("MLFF_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _allocator_tuned

@@ -35,8 +35,9 @@ Speed (exact reformulations, no approximation):
   otherwise the per-edge layout is used;
 - the densities ``A_i,l`` are one batched matmul per layer of the harmonics' blocks with the
   coefficients' blocks, never an (edges, M, C) tensor;
-- above ``max_chunk_edges`` edges the layers run chunk by chunk of centre atoms under activation
-  checkpointing, so memory grows linearly in atoms with a small constant.
+- above ``max_chunk_edges`` edges the layers run chunks of ``chunk_edges`` edges (groups of
+  centre atoms) one at a time under activation checkpointing, so memory grows linearly in
+  atoms with a small constant.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from .layers import BesselBasis, PolynomialEnvelope, mlp
 # above this many edges a structure is evaluated in chunks of centre atoms (activation
 # checkpointing), so memory stays linear in atoms with a small constant
 MAX_CHUNK_EDGES = 1 << 20
+# edges per chunk once chunking starts (smaller chunks: less memory, same cost)
+CHUNK_EDGES = 1 << 18
 # neighbour blocks hold n_atoms x (largest neighbour count) slots; above this many slots per edge
 # (very uneven neighbour counts) the per-edge layout wastes less
 MAX_PADDING = 1.5
@@ -127,6 +130,7 @@ class EGNN(nn.Module):
         self.features = int(features)
         self.shared_geometry = not any(layer.coordinate_mlp is not None for layer in self.layers)
         self.max_chunk_edges = MAX_CHUNK_EDGES
+        self.chunk_edges = CHUNK_EDGES
         self.max_padding = MAX_PADDING
         self._blocks = BlocksCache()
         self.readout = mlp([features, features // 2 or 1, 1])
@@ -145,14 +149,15 @@ class EGNN(nn.Module):
         edge_lengths: torch.Tensor,
     ) -> torch.Tensor:
         n_atoms = node_features.shape[0]
-        blocks = self._blocks.get(edge_index, n_atoms, self.max_chunk_edges)
+        n_edges = edge_index.shape[1]
+        chunk = n_edges if n_edges <= self.max_chunk_edges else self.chunk_edges
+        blocks = self._blocks.get(edge_index, n_atoms, chunk)
         if blocks.order is not None:  # sorted by centre: chunks are contiguous edge ranges
             edge_index, edge_vectors = edge_index[:, blocks.order], edge_vectors[blocks.order]
             edge_lengths = edge_lengths[blocks.order]
             if edge_features is not None:
                 edge_features = edge_features[blocks.order]
         h = self.embed(node_features)
-        n_edges = edge_index.shape[1]
         in_blocks = (
             self.shared_geometry
             and len(blocks.chunks) == 1

@@ -192,3 +192,18 @@ def test_stress_first_or_included_costs_one_evaluation(cu_calc, calculator_evalu
     molecule_atoms.calc = MLFFCalculator(tiny_model("egnn"), device="cpu", include_stress=True)
     molecule_atoms.get_forces()
     assert _stress_asked(calculator_evaluations) == [True, True, False]
+
+
+def test_cpu_calculator_keeps_freed_memory_for_reuse():
+    """glibc's malloc is told to serve large blocks from the heap and keep them (no page faults
+    on every call of a large structure); the opt-out leaves it alone."""
+    import subprocess
+    import sys
+
+    code = "import sys, ctypes; from mlff import runtime; print(runtime.keep_freed_memory())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    expected = "True" if sys.platform == "linux" else "False"
+    assert done.stdout.strip() == expected, done.stderr
+    env = {**__import__("os").environ, "MLFF_KEEP_FREED_MEMORY": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.stdout.strip() == "False", done.stderr

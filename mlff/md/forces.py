@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mlff.md.state import SystemBatch
+from mlff.runtime import keep_freed_memory
 
 
 @dataclass
@@ -42,6 +43,8 @@ class BatchedModel:
         self.dtype = model.dtype
         self.species = model.species_index(numbers.cpu()).to(model.device)
         self.mask_edges = (model.device.type == "cpu") if mask_edges is None else mask_edges
+        if model.device.type == "cpu":
+            keep_freed_memory()
 
     def __call__(
         self,

@@ -27,7 +27,7 @@ from mlff.builder import build_model
 from mlff.data import LabelKeys, LabelledFrame, elements_of, read_labelled, split_indices
 from mlff.errors import DataError
 from mlff.files import atomic_write, load_model, model_from_payload, model_payload, save_model
-from mlff.runtime import resolve_device, set_threads
+from mlff.runtime import keep_freed_memory, resolve_device, set_threads
 from mlff.training.checkpoint import load_checkpoint, save_checkpoint
 from mlff.training.config import TrainConfig, config_from_dict, write_config
 from mlff.training.dataset import GraphSet
@@ -247,6 +247,8 @@ def _run(
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
     set_threads(config.threads, device)
+    if device.type == "cpu":
+        keep_freed_memory()
     out = Path(config.out)
     _refuse_existing_run(out, resume)
     checkpoint = load_checkpoint(out / LAST) if resume else None
