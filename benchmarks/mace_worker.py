@@ -57,20 +57,25 @@ def call_times(
     min_seconds: float = 2.0,
     max_calls: int = 50,
     stress: bool = False,
+    warmups: int = 1,
 ) -> list[float]:
     """Seconds of each timed energy+forces call, each on a fresh rattle (0.02 Å) of ``atoms``.
 
-    One warm-up call first (not returned); then at least ``min_calls`` calls and ``min_seconds``
-    seconds, at most ``max_calls`` calls. ``synchronize`` (e.g. ``torch.cuda.synchronize``) ends
-    each call. ``stress``: each call asks for the stress too (periodic cells), in one
-    calculation, as an NPT integrator does (MACE's calculator computes it in every call).
+    ``warmups`` warm-up calls first (not returned; the CPU allocator reaches its steady state
+    in the first two calls of a large structure); then at least ``min_calls`` calls and
+    ``min_seconds`` seconds, at most ``max_calls`` calls. ``synchronize`` (e.g.
+    ``torch.cuda.synchronize``) ends each call. ``stress``: each call asks for the stress too
+    (periodic cells), in one calculation, as an NPT integrator does (MACE's calculator computes
+    it in every call).
     """
     atoms = atoms.copy()
     atoms.calc = calc
     rng = np.random.default_rng(0)
     base = atoms.get_positions()
     properties = ["energy", "forces"] + (["stress"] if stress and atoms.pbc.all() else [])
-    calc.calculate(atoms, properties, ["positions"])  # warm-up
+    for _ in range(warmups):
+        atoms.set_positions(base + rng.normal(scale=0.02, size=base.shape))
+        calc.calculate(atoms, properties, ["positions"])
     if synchronize is not None:
         synchronize()
     times: list[float] = []
