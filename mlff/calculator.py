@@ -60,6 +60,10 @@ class MLFFCalculator(Calculator):
     cell and fixed-cell relaxations never read it, so it is computed only when asked for. A
     caller that will read it for each structure anyway (an NPT integrator asks for the forces,
     then the stress of each state) sets ``include_stress`` and gets both from one evaluation.
+
+    On a CPU the calculator also tells glibc's malloc to keep freed memory for reuse
+    (:func:`mlff.runtime.keep_freed_memory`, process-wide; ``MLFF_KEEP_FREED_MEMORY=0`` opts out),
+    so repeated calls on large cells do not page-fault their activations anew.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
