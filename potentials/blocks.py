@@ -38,24 +38,16 @@ class NeighbourBlocks:
     n_atoms: int
     chunks: tuple[tuple[int, int, int, int], ...]
 
-    def to_blocks(self, values: torch.Tensor, first_atom: int = 0, end_atom: int | None = None):
-        """Sorted per-edge ``values`` (e, ...) of atoms [first_atom, end_atom) ->
-        (end_atom - first_atom, width, ...) blocks, zero where an atom has fewer neighbours."""
-        end_atom = self.n_atoms if end_atom is None else end_atom
+    def to_blocks(self, values: torch.Tensor, chunk: tuple[int, int, int, int] | None = None):
+        """Sorted per-edge ``values`` (e, ...) of the atoms of ``chunk`` (one of ``chunks``; all
+        atoms when None) -> (atoms in the chunk, width, ...) blocks, zero where an atom has fewer
+        neighbours."""
+        first_atom, end_atom, first_edge, end_edge = chunk or (0, self.n_atoms, 0, len(self.slot))
         n_local = end_atom - first_atom
-        first_edge, end_edge = self._edge_range(first_atom, end_atom)
         slot = self.slot[first_edge:end_edge] - first_atom * self.width
         flat = values.new_zeros((n_local * self.width,) + tuple(values.shape[1:]))
         flat = flat.index_copy(0, slot, values)
         return flat.view((n_local, self.width) + tuple(values.shape[1:]))
-
-    def _edge_range(self, first_atom: int, end_atom: int) -> tuple[int, int]:
-        if first_atom == 0 and end_atom == self.n_atoms:
-            return 0, int(self.slot.shape[0])
-        for a, b, e0, e1 in self.chunks:
-            if (a, b) == (first_atom, end_atom):
-                return e0, e1
-        raise ValueError(f"atoms [{first_atom}, {end_atom}) are not one of the layout's chunks")
 
 
 def build_blocks(edge_index: torch.Tensor, n_atoms: int, max_edges: int) -> NeighbourBlocks:

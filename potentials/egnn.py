@@ -178,17 +178,12 @@ class EGNN(nn.Module):
         coordinates, one chunk): the radial basis, envelope, neighbour indices and harmonics
         are put into blocks once and shared by all layers, and every layer's radial projection
         is one batched matmul (contiguous per layer)."""
-        radial = self.radial_basis(edge_lengths)
-        if edge_features is not None:
-            radial = torch.cat([radial, edge_features], dim=-1)
+        radial, harmonics = self._edge_basis(edge_features, edge_vectors, edge_lengths)
         weight = torch.stack([layer.radial_linear.weight.T for layer in self.layers])
         radial_parts = torch.matmul(blocks.to_blocks(radial).unsqueeze(0), weight.unsqueeze(1))
         envelope = blocks.to_blocks(self.envelope(edge_lengths))
         neighbour = blocks.to_blocks(edge_index[1])
-        harmonics_t = None
-        if self.angular_channels:
-            unit = edge_vectors / edge_lengths.unsqueeze(-1)
-            harmonics_t = blocks.to_blocks(real_harmonics(unit, self.angular_order)).transpose(1, 2)
+        harmonics_t = None if harmonics is None else blocks.to_blocks(harmonics).transpose(1, 2)
         for layer, radial_part in zip(self.layers, radial_parts, strict=True):
             aggregated, angular = layer.block_sums(
                 layer.centre_linear(h),
@@ -224,6 +219,22 @@ class EGNN(nn.Module):
                 displacement = shift if displacement is None else displacement + shift
             yield h
 
+    def _edge_basis(
+        self,
+        edge_features: torch.Tensor | None,
+        edge_vectors: torch.Tensor,
+        edge_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n_edges, n_basis + edge features): the Bessel basis with the encoder's pair features;
+        (n_edges, M) or None: the harmonics of the edge directions."""
+        radial = self.radial_basis(edge_lengths)
+        if edge_features is not None:
+            radial = torch.cat([radial, edge_features], dim=-1)
+        if not self.angular_channels:
+            return radial, None
+        unit = edge_vectors / edge_lengths.unsqueeze(-1)
+        return radial, real_harmonics(unit, self.angular_order)
+
     def _geometry(
         self,
         edge_features: torch.Tensor | None,
@@ -234,14 +245,7 @@ class EGNN(nn.Module):
     ) -> _EdgeGeometry:
         """Radial basis, harmonics and (one chunk) their blocks and every later layer's radial
         projection in one matrix multiply, for the layers from ``first_layer`` on."""
-        radial = self.radial_basis(edge_lengths)
-        if edge_features is not None:
-            radial = torch.cat([radial, edge_features], dim=-1)
-        harmonics = None
-        if self.angular_channels:
-            harmonics = real_harmonics(
-                edge_vectors / edge_lengths.unsqueeze(-1), self.angular_order
-            )
+        radial, harmonics = self._edge_basis(edge_features, edge_vectors, edge_lengths)
         if len(blocks.chunks) > 1:  # computed per chunk, inside the checkpoint
             return _EdgeGeometry(radial, harmonics, None, None)
         harmonic_blocks = None if harmonics is None else blocks.to_blocks(harmonics)
@@ -281,13 +285,13 @@ class EGNN(nn.Module):
                 edge_lengths,
                 geometry.harmonic_blocks,
                 blocks,
-                (0, h.shape[0]),
+                blocks.chunks[0],
                 self.inv_avg_neighbors,
             )
 
-        def chunk_sums(first, end, e0, e1, centre_part, neighbour_part, radial, harmonics, *edge):
+        def chunk_sums(chunk, centre_part, neighbour_part, radial, harmonics, *edge):
             envelope, edge_index, edge_vectors, edge_lengths = edge
-            harmonic_blocks = None if harmonics is None else blocks.to_blocks(harmonics, first, end)
+            harmonic_blocks = None if harmonics is None else blocks.to_blocks(harmonics, chunk)
             return layer.edge_sums(
                 centre_part,
                 neighbour_part,
@@ -298,15 +302,16 @@ class EGNN(nn.Module):
                 edge_lengths,
                 harmonic_blocks,
                 blocks,
-                (first, end),
+                chunk,
                 self.inv_avg_neighbors,
             )
 
         outputs = []
-        for first, end, e0, e1 in blocks.chunks:
+        for chunk in blocks.chunks:
+            e0, e1 = chunk[2:]
             edge = (envelope[e0:e1], edge_index[:, e0:e1], edge_vectors[e0:e1], edge_lengths[e0:e1])
             harmonics = None if geometry.harmonics is None else geometry.harmonics[e0:e1]
-            args = (first, end, e0, e1, centre_part, neighbour_part, geometry.radial[e0:e1])
+            args = (chunk, centre_part, neighbour_part, geometry.radial[e0:e1])
             if torch.is_grad_enabled():
                 out = checkpoint(chunk_sums, *args, harmonics, *edge, use_reentrant=False)
             else:

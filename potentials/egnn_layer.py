@@ -62,10 +62,11 @@ class EquivariantGraphConv(nn.Module):
         edge_lengths: torch.Tensor,
         harmonic_blocks: torch.Tensor | None,
         blocks: NeighbourBlocks,
-        atoms: tuple[int, int],
+        chunk: tuple[int, int, int, int],
         inv_avg_neighbors: float,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The edge sums of centre atoms ``atoms = (first, end)``, from their sorted edges.
+        """The edge sums of centre atoms [first, end) of ``chunk = (first, end, first_edge,
+        end_edge)`` (one of ``blocks.chunks``), from their sorted edges.
 
         ``centre_part``/``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and
         ``h_j`` blocks applied per atom; ``radial_part`` (e, F) its radial block per edge.
@@ -73,7 +74,7 @@ class EquivariantGraphConv(nn.Module):
         neighbour blocks. Returns the aggregated messages (end - first, F), the angular
         invariants (end - first, order * C) or None, and the coordinate shift or None.
         """
-        first, end = atoms
+        first, end = chunk[:2]
         centre, neighbour = edge_index[0], edge_index[1]
         local_centre = centre - first if first else centre
         n_local = end - first
@@ -84,7 +85,7 @@ class EquivariantGraphConv(nn.Module):
         angular = None
         if self.angular_linear is not None and harmonic_blocks is not None:
             angular = self._angular_invariants(
-                message, harmonic_blocks, blocks, atoms, inv_avg_neighbors
+                message, harmonic_blocks, blocks, chunk, inv_avg_neighbors
             )
         shift = None
         if self.coordinate_mlp is not None:
@@ -101,7 +102,7 @@ class EquivariantGraphConv(nn.Module):
         message: torch.Tensor,
         harmonic_blocks: torch.Tensor,
         blocks: NeighbourBlocks,
-        atoms: tuple[int, int],
+        chunk: tuple[int, int, int, int],
         inv_avg_neighbors: float,
     ) -> torch.Tensor:
         """(n, order * C): ``|sum_j Y_l(r̂_ij) psi_l(m_ij)|²``, l = 1..order, per channel.
@@ -110,7 +111,7 @@ class EquivariantGraphConv(nn.Module):
         (n, width, order * C) and one batched matmul with the harmonics' blocks (n, width, M)
         gives every centre's densities (n, M, order * C); no (edges, M, C) tensor is formed.
         """
-        coefficients = blocks.to_blocks(self.angular_linear(message), *atoms)
+        coefficients = blocks.to_blocks(self.angular_linear(message), chunk)
         densities = torch.bmm(harmonic_blocks.transpose(1, 2), coefficients) * inv_avg_neighbors
         return self.invariants(densities)
 
