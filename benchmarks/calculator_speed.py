@@ -137,8 +137,8 @@ def add_mace(row: dict, mace: dict | None) -> None:
     row["mace_flops_by_op"] = mace["flops_by_op"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The mlff model and runtime options both speed scripts take."""
     parser.add_argument("--potential", default="egnn")
     parser.add_argument("--encoder", default="none")
     parser.add_argument(
@@ -149,6 +149,14 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--compile", default="none", choices=["none", "inductor"], help="mlff's --compile"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--systems", default="ethanol,Cu-256,Cu-2048")
     parser.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n GEMM")
@@ -156,9 +164,6 @@ def main() -> None:
         "--mace-python",
         type=Path,
         help="python of an environment with mace-torch: time MACE too and print the ratio",
-    )
-    parser.add_argument(
-        "--compile", default="none", choices=["none", "inductor"], help="mlff's --compile"
     )
     parser.add_argument(
         "--stress",

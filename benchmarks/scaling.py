@@ -287,19 +287,12 @@ def table_row(row: dict, mace: bool) -> str:
 
 
 def main() -> None:
+    from calculator_speed import add_model_arguments, hyperparameters
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256,2048,16384,100000", help="atom counts asked")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--potential", default="egnn")
-    parser.add_argument("--encoder", default="none")
-    parser.add_argument(
-        "--size", default="medium", help="mlff train's size preset: small, medium or large"
-    )
-    parser.add_argument(
-        "--hyper", default="{}", help="JSON dict of build_model arguments over the preset"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--timeout", type=float, help="seconds one size's child may run (each code); none if unset"
     )
@@ -314,9 +307,6 @@ def main() -> None:
         "--mace-python",
         type=Path,
         help="python of an environment with mace-torch: run MACE on each size too",
-    )
-    parser.add_argument(
-        "--compile", default="none", choices=["none", "inductor"], help="mlff's --compile"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one size, JSON out
@@ -335,7 +325,6 @@ def main() -> None:
     if args.mace_python and not args.mace_python.is_file():
         sys.exit(f"--mace-python {args.mace_python}: no such file")
     import torch
-    from calculator_speed import hyperparameters
 
     hyper = hyperparameters(args.potential, args.size, args.hyper)  # checked before any child
     threads = str(args.threads)

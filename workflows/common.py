@@ -253,9 +253,9 @@ def finite(ctx, param, value):
     return value
 
 
-def runtime_options(command):
-    """The --device, --dtype, --threads and --compile options of md run, relax, bench and check."""
-    command = click.option(
+def compile_option(command):
+    """The --compile option (``compile_mode``) of eval, md run, relax, bench and check."""
+    return click.option(
         "--compile",
         "compile_mode",
         type=click.Choice(["none", "inductor"]),
@@ -264,6 +264,11 @@ def runtime_options(command):
         help="none: eager (the reference); inductor: torch.compile the model (compiling "
         "takes a minute or more at the start; faster steps where the benchmark shows it).",
     )(command)
+
+
+def runtime_options(command):
+    """The --device, --dtype, --threads and --compile options of md run, relax, bench and check."""
+    command = compile_option(command)
     command = click.option(
         "--threads",
         type=click.IntRange(min=1),

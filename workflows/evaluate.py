@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from mlff.workflows.common import cli_errors, emit_json
+from mlff.workflows.common import cli_errors, compile_option, emit_json
 
 JSON_KEYS = (
     "energy_mae_mev_per_atom",
@@ -47,14 +47,7 @@ JSON_KEYS = (
     show_default=True,
     help="CPU threads (0: one on CPU, the fastest for molecular graphs).",
 )
-@click.option(
-    "--compile",
-    "compile_mode",
-    type=click.Choice(["none", "inductor"]),
-    default="none",
-    show_default=True,
-    help="none: eager; inductor: torch.compile the model (a minute or more to compile).",
-)
+@compile_option
 @cli_errors
 def evaluate(
     model_path,
