@@ -26,17 +26,24 @@ class NeighbourBlocks:
 
     order:  (n_edges,) long, a stable permutation that sorts the edges by centre (None when they
             already are sorted).
-    slot:   (n_edges,) long, for the *sorted* edges: ``centre * width + rank among its centre``.
+    slot:   (n_edges,) long, for the *sorted* edges: ``centre * width + rank among its centre``
+            (None: no blocks, see :meth:`single_chunk`).
     width:  the largest neighbour count (block width), >= 1.
     chunks: ``[(first_atom, end_atom, first_edge, end_edge), ...]`` covering all atoms and all
             sorted edges, each with at most ``max_edges`` edges unless one atom alone has more.
     """
 
     order: torch.Tensor | None
-    slot: torch.Tensor
+    slot: torch.Tensor | None
     width: int
     n_atoms: int
     chunks: tuple[tuple[int, int, int, int], ...]
+
+    @classmethod
+    def single_chunk(cls, n_atoms: int, n_edges: int) -> NeighbourBlocks:
+        """No layout read from the edges (``slot`` None: no blocks): one chunk of all atoms and
+        edges in their given order, for per-edge sums that need no host read (tracing)."""
+        return cls(None, None, 1, n_atoms, ((0, n_atoms, 0, n_edges),))
 
     def to_blocks(self, values: torch.Tensor, chunk: tuple[int, int, int, int] | None = None):
         """Sorted per-edge ``values`` (e, ...) of the atoms of ``chunk`` (one of ``chunks``; all

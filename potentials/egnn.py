@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import BlocksCache, NeighbourBlocks
-from .harmonics import real_harmonics
+from .harmonics import harmonic_matrix, real_harmonics
 
 __all__ = ["EGNN", "EquivariantGraphConv", "real_harmonics"]
 from .egnn_layer import EquivariantGraphConv
@@ -133,6 +133,12 @@ class EGNN(nn.Module):
         self.chunk_edges = CHUNK_EDGES
         self.max_padding = MAX_PADDING
         self._blocks = BlocksCache()
+        # not cached globally: a tensor made while a compiler traces must not outlive the trace
+        matrix = harmonic_matrix(self.angular_order) if self.angular_channels else None
+        self.register_buffer("harmonic_matrix", matrix, persistent=False)
+        # True while a compiler traces the model: no host reads of the edge list (per-edge
+        # layout, one chunk); see mlff.compiled
+        self.traceable = False
         self.readout = mlp([features, features // 2 or 1, 1])
         self.layer_readouts = (
             nn.ModuleList(nn.Linear(features, 1) for _ in range(num_layers - 1))
@@ -150,8 +156,11 @@ class EGNN(nn.Module):
     ) -> torch.Tensor:
         n_atoms = node_features.shape[0]
         n_edges = edge_index.shape[1]
-        chunk = n_edges if n_edges <= self.max_chunk_edges else self.chunk_edges
-        blocks = self._blocks.get(edge_index, n_atoms, chunk)
+        if self.traceable:  # the layout must not depend on the values of edge_index
+            blocks = NeighbourBlocks.single_chunk(n_atoms, n_edges)
+        else:
+            chunk = n_edges if n_edges <= self.max_chunk_edges else self.chunk_edges
+            blocks = self._blocks.get(edge_index, n_atoms, chunk)
         if blocks.order is not None:  # sorted by centre: chunks are contiguous edge ranges
             edge_index, edge_vectors = edge_index[:, blocks.order], edge_vectors[blocks.order]
             edge_lengths = edge_lengths[blocks.order]
@@ -160,6 +169,7 @@ class EGNN(nn.Module):
         h = self.embed(node_features)
         in_blocks = (
             self.shared_geometry
+            and blocks.slot is not None
             and len(blocks.chunks) == 1
             and n_atoms * blocks.width <= self.max_padding * n_edges
         )
@@ -233,7 +243,7 @@ class EGNN(nn.Module):
         if not self.angular_channels:
             return radial, None
         unit = edge_vectors / edge_lengths.unsqueeze(-1)
-        return radial, real_harmonics(unit, self.angular_order)
+        return radial, real_harmonics(unit, self.angular_order, self.harmonic_matrix)
 
     def _geometry(
         self,
@@ -248,7 +258,9 @@ class EGNN(nn.Module):
         radial, harmonics = self._edge_basis(edge_features, edge_vectors, edge_lengths)
         if len(blocks.chunks) > 1:  # computed per chunk, inside the checkpoint
             return _EdgeGeometry(radial, harmonics, None, None)
-        harmonic_blocks = None if harmonics is None else blocks.to_blocks(harmonics)
+        harmonic_blocks = None
+        if harmonics is not None and blocks.slot is not None:
+            harmonic_blocks = blocks.to_blocks(harmonics)
         # layers that see these distances: all when coordinates stay, else this one
         layers = self.layers[first_layer:] if self.shared_geometry else [self.layers[first_layer]]
         weight = torch.cat([layer.radial_linear.weight for layer in layers], dim=0)
@@ -283,6 +295,7 @@ class EGNN(nn.Module):
                 edge_index,
                 edge_vectors,
                 edge_lengths,
+                geometry.harmonics,
                 geometry.harmonic_blocks,
                 blocks,
                 blocks.chunks[0],
@@ -300,6 +313,7 @@ class EGNN(nn.Module):
                 edge_index,
                 edge_vectors,
                 edge_lengths,
+                harmonics,
                 harmonic_blocks,
                 blocks,
                 chunk,
@@ -329,5 +343,5 @@ class _EdgeGeometry:
 
     radial: torch.Tensor  # (n_edges, n_basis + edge features)
     harmonics: torch.Tensor | None  # (n_edges, M)
-    harmonic_blocks: torch.Tensor | None  # (n_atoms, width, M); one chunk only
+    harmonic_blocks: torch.Tensor | None  # (n_atoms, width, M); one chunk, blocks laid out
     radial_parts: dict[int, torch.Tensor] | None  # layer -> (n_edges, F); one chunk only

@@ -60,6 +60,7 @@ class EquivariantGraphConv(nn.Module):
         edge_index: torch.Tensor,
         edge_vectors: torch.Tensor,
         edge_lengths: torch.Tensor,
+        harmonics: torch.Tensor | None,
         harmonic_blocks: torch.Tensor | None,
         blocks: NeighbourBlocks,
         chunk: tuple[int, int, int, int],
@@ -71,8 +72,10 @@ class EquivariantGraphConv(nn.Module):
         ``centre_part``/``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and
         ``h_j`` blocks applied per atom; ``radial_part`` (e, F) its radial block per edge.
         ``harmonic_blocks`` (end - first, width, M): the edge directions' harmonics in
-        neighbour blocks. Returns the aggregated messages (end - first, F), the angular
-        invariants (end - first, order * C) or None, and the coordinate shift or None.
+        neighbour blocks; without blocks (``blocks.slot`` None) the per-edge ``harmonics``
+        (e, M) are used instead, and the densities are summed per edge. Returns the aggregated
+        messages (end - first, F), the angular invariants (end - first, order * C) or None, and
+        the coordinate shift or None.
         """
         first, end = chunk[:2]
         centre, neighbour = edge_index[0], edge_index[1]
@@ -87,6 +90,10 @@ class EquivariantGraphConv(nn.Module):
             angular = self._angular_invariants(
                 message, harmonic_blocks, blocks, chunk, inv_avg_neighbors
             )
+        elif self.angular_linear is not None and harmonics is not None:
+            # (e, M, order * C) per edge: the layout for traced graphs, where a compiler fuses it
+            terms = harmonics.unsqueeze(-1) * self.angular_linear(message).unsqueeze(-2)
+            angular = self.invariants(scatter_sum(terms, local_centre, n_local) * inv_avg_neighbors)
         shift = None
         if self.coordinate_mlp is not None:
             # (x_i - x_j) = -edge_vectors; EDM normalisation by (d_ij + 1). phi_x(0) != 0, so

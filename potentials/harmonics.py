@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 
-def real_harmonics(unit: torch.Tensor, order: int) -> torch.Tensor:
+def real_harmonics(
+    unit: torch.Tensor, order: int, matrix: torch.Tensor | None = None
+) -> torch.Tensor:
     """Real spherical harmonics of degrees 1..``order`` (<= 3) of unit vectors (n, 3).
 
     Returns (n, 3), (n, 8) or (n, 15) columns, degree by degree, normalised so that the squares
     of each degree's components sum to 1 (``sum_m Y_lm(a) Y_lm(b) = P_l(a . b)``). On unit
     vectors each harmonic is a homogeneous polynomial of its degree (1 = x² + y² + z²), so all
     are one matrix product of the monomials ``[u, u ⊗ u, u ⊗ u ⊗ u]`` (few, large operations).
+    ``matrix``: :func:`harmonic_matrix` of ``order`` in ``unit``'s dtype and device (a module
+    keeps it as a buffer); built here when None.
     """
     monomials = [unit]
     if order >= 2:
@@ -22,7 +25,8 @@ def real_harmonics(unit: torch.Tensor, order: int) -> torch.Tensor:
         monomials.append(pairs)
     if order >= 3:
         monomials.append((pairs.unsqueeze(-1) * unit.unsqueeze(-2)).flatten(-2))
-    matrix = _harmonic_matrix(order, unit.dtype, unit.device)
+    if matrix is None:
+        matrix = harmonic_matrix(order).to(dtype=unit.dtype, device=unit.device)
     return torch.cat(monomials, dim=-1) @ matrix
 
 
@@ -49,8 +53,7 @@ _HARMONICS = {
 }
 
 
-@functools.lru_cache(maxsize=16)
-def _harmonic_matrix(order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def harmonic_matrix(order: int) -> torch.Tensor:
     """(3 + 9 + 27 up to ``order``, components) coefficients of the harmonics in the monomials
     ``u_a``, ``u_a u_b`` (row 3 + 3a + b), ``u_a u_b u_c`` (row 12 + 9a + 3b + c)."""
     if order not in _HARMONICS:
@@ -66,4 +69,4 @@ def _harmonic_matrix(order: int, dtype: torch.dtype, device: torch.device) -> to
                 matrix[row, column] = coefficient
             column += 1
         first_row += 3**degree
-    return matrix.to(dtype=dtype, device=device)
+    return matrix

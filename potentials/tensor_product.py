@@ -16,31 +16,44 @@ import torch
 from e3nn import o3
 from torch import nn
 
+Layout = tuple[tuple[int, int], ...]  # (mul, 2l + 1) per irrep: plain ints a compiler can read
 
-def to_channel_last(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
+
+def irreps_layout(irreps: o3.Irreps | Layout) -> Layout:
+    """``((mul, 2l + 1), ...)`` of ``irreps``; forward passes use this rather than an Irreps
+    (``len(Irreps)`` raises, which a compiler's guards call)."""
+    if not isinstance(irreps, o3.Irreps):  # (an Irreps is a tuple too)
+        return irreps
+    return tuple((mul, ir.dim) for mul, ir in irreps)
+
+
+def to_channel_last(x: torch.Tensor, irreps: o3.Irreps | Layout) -> torch.Tensor:
     """e3nn layout ``(n, sum mul * (2l+1))`` -> ``(n, sum (2l+1), mul)`` (all muls equal)."""
+    layout = irreps_layout(irreps)
     n = x.shape[0]
-    if len(irreps) == 1:
-        mul, ir = irreps[0]
-        return x.view(n, mul, ir.dim).transpose(1, 2)
+    if len(layout) == 1:
+        mul, dim = layout[0]
+        return x.view(n, mul, dim).transpose(1, 2)
     # split, not slices: the backward of a slice fills a zero tensor the size of the whole input
-    chunks = x.split([mul * ir.dim for mul, ir in irreps], dim=1)
+    chunks = x.split([mul * dim for mul, dim in layout], dim=1)
     blocks = [
-        chunk.view(n, mul, ir.dim).transpose(1, 2)
-        for (mul, ir), chunk in zip(irreps, chunks, strict=True)
+        chunk.view(n, mul, dim).transpose(1, 2)
+        for (mul, dim), chunk in zip(layout, chunks, strict=True)
     ]
     return torch.cat(blocks, dim=1)
 
 
-def from_channel_last(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
+def from_channel_last(x: torch.Tensor, irreps: o3.Irreps | Layout) -> torch.Tensor:
     """Inverse of :func:`to_channel_last`: ``(n, sum (2l+1), mul)`` -> e3nn layout."""
+    layout = irreps_layout(irreps)
     n = x.shape[0]
-    if len(irreps) == 1:
-        return x.transpose(1, 2).reshape(n, irreps.dim)
-    chunks = x.split([ir.dim for _, ir in irreps], dim=1)
+    if len(layout) == 1:
+        mul, dim = layout[0]
+        return x.transpose(1, 2).reshape(n, mul * dim)
+    chunks = x.split([dim for _, dim in layout], dim=1)
     blocks = [
-        chunk.transpose(1, 2).reshape(n, mul * ir.dim)
-        for (mul, ir), chunk in zip(irreps, chunks, strict=True)
+        chunk.transpose(1, 2).reshape(n, mul * dim)
+        for (mul, dim), chunk in zip(layout, chunks, strict=True)
     ]
     return torch.cat(blocks, dim=1)
 
@@ -130,6 +143,8 @@ class EdgeTensorProduct(nn.Module):
 
     def coefficients(self, like: torch.Tensor) -> torch.Tensor:
         """The Clebsch-Gordan matrix (irreps_sh.dim, sum_l3 (2 l3 + 1) rows_l3) like ``like``."""
+        if torch.compiler.is_compiling():  # no cache filled with a tracer's tensors
+            return self._cg64.to(device=like.device, dtype=like.dtype)
         key = (like.dtype, like.device)
         cg = self._cg_cache.get(key)
         if cg is None:

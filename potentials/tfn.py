@@ -72,7 +72,7 @@ from e3nn.nn import Gate
 from torch import nn
 
 from .layers import BesselBasis, PolynomialEnvelope, mlp, scatter_sum
-from .tensor_product import EdgeTensorProduct, from_channel_last, to_channel_last
+from .tensor_product import EdgeTensorProduct, from_channel_last, irreps_layout, to_channel_last
 
 _ATTENTION_EPS = 1e-9
 
@@ -110,6 +110,7 @@ class TFNLayer(nn.Module):
         self.tp = EdgeTensorProduct(self.irreps_in, irreps_sh, allowed)
         irreps_mid = self.tp.irreps_out
         self.irreps_mid = irreps_mid
+        self.layout_in, self.layout_mid = irreps_layout(self.irreps_in), irreps_layout(irreps_mid)
         self.weight_numel = self.tp.n_paths * self.tp.mul
 
         # gate: the output keeps only the target irreps that the messages can reach
@@ -133,6 +134,7 @@ class TFNLayer(nn.Module):
             present = {ir for _, ir in self.irreps_in}
             shared = [k for k, (_, ir) in enumerate(irreps_mid) if ir in present]
             self.irreps_key = o3.Irreps([irreps_mid[k] for k in shared])
+            self.layout_key = irreps_layout(self.irreps_key)
             self.query = o3.Linear(self.irreps_in, self.irreps_key)
             # rows of the channel-last message that form the key (a prefix in the usual case)
             mul, slices = self.tp.mul, irreps_mid.slices()
@@ -160,10 +162,10 @@ class TFNLayer(nn.Module):
         inv_norm: float,
     ) -> torch.Tensor:
         n_atoms = x.shape[0]
-        x_up = to_channel_last(self.linear_up(x), self.irreps_in)
+        x_up = to_channel_last(self.linear_up(x), self.layout_in)
         message = self.tp(x_up[neighbour], sh, weight)  # (E, dims, mul)
         if self.attention:
-            query = to_channel_last(self.query(x), self.irreps_key)[centre]
+            query = to_channel_last(self.query(x), self.layout_key)[centre]
             if self.key_prefix == message.shape[1]:
                 key = message
             elif self.key_prefix:
@@ -180,7 +182,7 @@ class TFNLayer(nn.Module):
             aggregated = scatter_sum(message, centre, n_atoms)
         else:
             aggregated = scatter_sum(message, centre, n_atoms) * inv_norm
-        aggregated = from_channel_last(aggregated, self.irreps_mid)
+        aggregated = from_channel_last(aggregated, self.layout_mid)
         update = self.gate(self.linear_out(aggregated) + self.linear_self(x))
         return x + update if self.residual else update
 
@@ -258,6 +260,7 @@ class TFN(nn.Module):
         self.envelope = PolynomialEnvelope(cutoff, envelope_p)
         self.basis = BesselBasis(cutoff, n_basis, trainable=trainable_basis)
         self.irreps_sh = o3.Irreps.spherical_harmonics(self.l_max)
+        self.sh_degrees = list(range(self.l_max + 1))  # ints, not Irreps, in forward()
         self.embedding = nn.Linear(node_features_in, features)
 
         hidden = _hidden_irreps(features, self.l_max, full_parity)
@@ -290,7 +293,7 @@ class TFN(nn.Module):
         centre, neighbour = edge_index[0], edge_index[1]
         envelope = self.envelope(edge_lengths)
         sh = o3.spherical_harmonics(
-            self.irreps_sh, edge_vectors, normalize=True, normalization="component"
+            self.sh_degrees, edge_vectors, normalize=True, normalization="component"
         )
         sh = sh * envelope.unsqueeze(-1)  # every message carries u(r): smooth at the cutoff
         radial = self.basis(edge_lengths)
