@@ -1,16 +1,26 @@
-"""The compiled inference path: the model's energy function through ``torch.compile`` (inductor).
+"""The compiled inference path: energies, forces and stress as one compiled graph (inductor).
 
-Only :meth:`~mlff.model.ForceField.atomic_energies` is compiled, with dynamic shapes (any number
-of atoms and edges, one compilation); forces and stress still come from ``torch.autograd.grad``
-in :mod:`mlff.forces`, which runs the compiled backward. Training stays eager: compiling the
-double backward of a force loss is not supported. Eager mode is the reference; the compiled
-model gives the same energies, forces and stress to round-off (``tests/test_compiled.py``).
+Eager evaluation runs a few hundred small operators and an autograd pass per call; on a CPU and
+for small systems that dispatch costs more than the arithmetic. Here the whole evaluation —
+edge vectors, the model, and the gradient that gives forces and the strain derivative
+(``torch.func.grad``) — is one ``torch.compile`` graph with dynamic shapes (any number of atoms,
+edges and systems), which inductor turns into fused kernels. The backward pass is part of that
+graph: no autograd engine runs at inference.
 
-Compiling costs a minute or more on a CPU the first time; inductor caches its kernels on disk
+While tracing, the model lays its edges out without reading them on the host (the EGNN's
+per-edge layout, :attr:`~mlff.potentials.egnn.EGNN.traceable`), so one graph is right for every
+edge list. Large structures (above the EGNN's chunking threshold, where eager evaluation bounds
+its memory by activation checkpointing), empty edge lists and training (``create_graph``) stay
+eager. Eager mode is the reference; ``tests/test_compiled.py`` checks both agree to round-off.
+
+Compiling costs about a minute on a CPU the first time, and again for each new kind of input
+(one system or several, with or without stress); inductor caches its kernels on disk
 (``TORCHINDUCTOR_CACHE_DIR``), so later runs start faster.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -18,12 +28,19 @@ from mlff.errors import MLFFError
 from mlff.model import ForceField
 
 COMPILE_CHOICES = ("none", "inductor")
+# an EGNN with fixed coordinates evaluates faster eagerly, in neighbour blocks, above about this
+# many edges (benchmarks/compiled_crossover.py measures where); below, compiled is faster
+MAX_EDGES_OVER_BLOCKS = 1536
 
 
-def compile_model(model: ForceField, mode: str = "inductor") -> ForceField:
-    """Compile ``model``'s energy function in place (``mode="none"``: leave it eager).
+def compile_model(
+    model: ForceField, mode: str = "inductor", backend: str = "inductor"
+) -> ForceField:
+    """Give ``model`` a compiled force function, in place (``mode="none"``: leave it eager).
 
-    The model must be in eval mode with its parameters frozen (inference only).
+    The model must be in eval mode with its parameters frozen (inference only): the compiled
+    graph holds the weights as they are now. ``backend``: torch.compile's backend ("aot_eager"
+    traces the same graph without generating kernels: tests use it to check what is traced).
     """
     if mode not in COMPILE_CHOICES:
         raise MLFFError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {mode!r}")
@@ -31,14 +48,131 @@ def compile_model(model: ForceField, mode: str = "inductor") -> ForceField:
         return model
     if model.training or any(p.requires_grad for p in model.parameters()):
         raise MLFFError("only a model prepared for inference (eval, frozen weights) is compiled")
-    eager = model.atomic_energies
-    compiled = torch.compile(eager, dynamic=True)
-    # an instance attribute shadows the method; the eager one stays reachable
-    object.__setattr__(model, "atomic_energies", compiled)
-    object.__setattr__(model, "_eager_atomic_energies", eager)
+    # not an nn.Module attribute: the model's state dict and modules stay as they were
+    object.__setattr__(model, "_compiled_forces", CompiledForces(model, backend))
     return model
 
 
 def is_compiled(model: ForceField) -> bool:
     """Whether :func:`compile_model` compiled ``model``."""
-    return "_eager_atomic_energies" in vars(model)
+    return "_compiled_forces" in vars(model)
+
+
+def compiled_forces(model: ForceField) -> CompiledForces | None:
+    """The compiled force function of ``model``, or None when it runs eagerly."""
+    return vars(model).get("_compiled_forces")
+
+
+class CompiledForces:
+    """``(species, edge_index, edge_shifts, system, positions, cell) -> (energies, forces,
+    strain derivative)`` of one model, compiled on first use for each kind of input.
+
+    Shapes: species, system (n_atoms,) long; edge_index (2, n_edges) long; edge_shifts
+    (n_edges, 3), positions (n_atoms, 3) Å and cell (n_systems, 3, 3) Å in the model's dtype.
+    Returns per-atom energies (n_atoms,) eV float64, forces (n_atoms, 3) eV/Å and, with
+    ``compute_stress``, dE/d(strain) (n_systems, 3, 3) eV, both in the model's dtype.
+    """
+
+    def __init__(self, model: ForceField, backend: str = "inductor") -> None:
+        self.model = model
+        # every model's graphs are cached on the one code object of the traced function, and
+        # each kind of input of each model is an entry: allow more than torch's default of 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        self._function = torch.compile(
+            _force_function(model), backend=backend, dynamic=True, fullgraph=True
+        )
+        self._failed: str | None = None
+
+    @property
+    def failed(self) -> str | None:
+        """Why the model could not be compiled (it then runs eagerly), or None."""
+        return self._failed
+
+    def applies(self, n_atoms: int, n_edges: int) -> bool:
+        """Whether the compiled graph serves a structure of this size (else: evaluate eagerly).
+
+        Not above the EGNN's chunking threshold (eager chunks bound the memory), and, for an
+        EGNN whose eager path lays edges out in neighbour blocks (fixed coordinates), not above
+        :data:`MAX_EDGES_OVER_BLOCKS` edges: there the blocks beat the compiled per-edge sums.
+        """
+        potential = self.model.potential
+        limit = getattr(potential, "max_chunk_edges", None)
+        if getattr(potential, "shared_geometry", False):
+            limit = min(limit, MAX_EDGES_OVER_BLOCKS)
+        too_big = limit is not None and n_edges > limit
+        return self._failed is None and n_atoms > 0 and n_edges > 0 and not too_big
+
+    def __call__(
+        self,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_shifts: torch.Tensor,
+        system: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        compute_stress: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        inputs = (species, edge_index, edge_shifts, system, positions.detach(), cell.detach())
+        with _traceable(self.model.potential):
+            try:
+                energies, forces, strain_derivative = self._function(*inputs, compute_stress)
+            except Exception as error:
+                if self._failed is not None or not _is_compiler_error(error):
+                    raise
+                # a model the compiler cannot follow: evaluate it eagerly from now on
+                self._failed = f"{type(error).__name__}: {error}".splitlines()[0]
+                warnings.warn(
+                    f"the model could not be compiled ({self._failed}); evaluating it eagerly",
+                    stacklevel=3,
+                )
+                function = _force_function(self.model)
+                energies, forces, strain_derivative = function(*inputs, compute_stress)
+        return energies, forces, strain_derivative if compute_stress else None
+
+
+class _traceable:
+    """Context: the potential lays edges out without host reads (see EGNN.traceable)."""
+
+    def __init__(self, potential) -> None:
+        self.potential = potential
+        self.previous = getattr(potential, "traceable", None)
+
+    def __enter__(self) -> None:
+        if self.previous is not None:
+            self.potential.traceable = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            self.potential.traceable = self.previous
+
+
+def _is_compiler_error(error: Exception) -> bool:
+    module = type(error).__module__
+    return module.startswith(("torch._dynamo", "torch._inductor", "torch.fx"))
+
+
+def _force_function(model: ForceField):
+    """The function that :class:`CompiledForces` compiles: energies and, by ``torch.func.grad``
+    (traced into the same graph as the energies), forces and the strain derivative."""
+
+    def energies_and_gradients(
+        species, edge_index, edge_shifts, system, positions, cell, compute_stress: bool
+    ):
+        def total_energy(positions, strain):
+            if compute_stress:
+                symmetric = 0.5 * (strain + strain.transpose(1, 2))
+                positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
+                deformed = cell + torch.bmm(cell, symmetric)
+            else:
+                deformed = cell
+            centre, neighbour = edge_index[0], edge_index[1]
+            images = torch.einsum("ek,ekl->el", edge_shifts, deformed[system[centre]])
+            vectors = positions[neighbour] - positions[centre] + images
+            energies = model.atomic_energies(species, edge_index, vectors)
+            return energies.sum(), energies
+
+        gradient = torch.func.grad(total_energy, argnums=(0, 1), has_aux=True)
+        (position_gradient, strain_gradient), energies = gradient(positions, torch.zeros_like(cell))
+        return energies, -position_gradient, strain_gradient
+
+    return energies_and_gradients

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from mlff.compiled import CompiledForces, compiled_forces
 from mlff.graph import AtomicGraph
 
 
@@ -43,6 +44,14 @@ def evaluate(
     dtype = model.dtype
     species = model.species_index(graph.numbers).to(model.device)  # checked on the host
     graph = graph.to(model.device, dtype)
+    compiled = compiled_forces(model)
+    if (
+        compiled is not None
+        and compute_forces
+        and not create_graph
+        and compiled.applies(graph.n_atoms, graph.n_edges)
+    ):
+        return _evaluate_compiled(compiled, species, graph, compute_stress)
     positions = graph.positions
     cell = graph.cell
     inputs: list[torch.Tensor] = []
@@ -71,8 +80,33 @@ def evaluate(
     if compute_forces:
         results["forces"] = -gradients[0]
     if compute_stress:
-        volume = graph.volumes().to(dtype)
-        safe_volume = torch.where(volume > 0, volume, torch.ones_like(volume))
-        stress = gradients[-1] / safe_volume.view(-1, 1, 1)
-        results["stress"] = torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))
+        results["stress"] = _stress(gradients[-1], graph.volumes().to(dtype))
     return results
+
+
+def _evaluate_compiled(
+    compiled: CompiledForces, species: torch.Tensor, graph: AtomicGraph, compute_stress: bool
+) -> dict[str, torch.Tensor]:
+    """:func:`evaluate` through the model's compiled graph (inference only)."""
+    energies, forces, strain_derivative = compiled(
+        species,
+        graph.edge_index,
+        graph.edge_shifts,
+        graph.batch,
+        graph.positions,
+        graph.cell,
+        compute_stress,
+    )
+    energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
+    results = {"energy": energy.index_add(0, graph.batch, energies), "energies": energies}
+    results["forces"] = forces
+    if compute_stress:
+        results["stress"] = _stress(strain_derivative, graph.volumes().to(forces.dtype))
+    return results
+
+
+def _stress(strain_derivative: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """(n_graphs, 3, 3) eV/Å³: dE/d(strain) / V, zero where a structure has no cell volume."""
+    safe_volume = torch.where(volume > 0, volume, torch.ones_like(volume))
+    stress = strain_derivative / safe_volume.view(-1, 1, 1)
+    return torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))

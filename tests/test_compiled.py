@@ -1,7 +1,10 @@
 """The compiled inference path (``--compile inductor``) against eager, the reference.
 
-Compiling costs about a minute per structure kind on two cores, so one test covers a molecule
-and a periodic cell with stress, and the errors of the option; the physics suite runs eagerly.
+What a compiler traces is checked with torch.compile's "aot_eager" backend (the same graph, no
+kernel generation: seconds instead of minutes) on three tiny models that cover the traced code
+paths (EGNN angular sums per edge, TFN with attention, the Uni-Mol encoder): compiled equals
+eager, and the physics suite's checks pass on the compiled model. One test compiles with
+inductor itself through the calculator.
 """
 
 from __future__ import annotations
@@ -14,8 +17,16 @@ import torch
 from ase.build import bulk, molecule
 
 from mlff import MLFFCalculator, build_model
-from mlff.compiled import compile_model, is_compiled
+from mlff.compiled import compile_model, compiled_forces, is_compiled
 from mlff.errors import MLFFError
+from mlff.md.forces import BatchedModel
+from mlff.md.neighbours import VerletList
+from mlff.md.state import SystemBatch
+from mlff.testing import predict, predict_many
+from tests import test_physics
+from tests.conftest import ethanol, tiny_model, triclinic_cell
+
+COMPILED_CONFIGS = ["egnn-angular", "tfn-l2-attention", "tfn+unimol"]
 
 
 def tiny_preset():
@@ -33,6 +44,15 @@ def tiny_preset():
     )
 
 
+@pytest.fixture(scope="module", params=COMPILED_CONFIGS)
+def models(request):
+    """(eager, compiled) copies of one tiny model; module-wide, so each is traced once."""
+    eager = tiny_model(request.param)
+    compiled = compile_model(tiny_model(request.param).requires_grad_(False), backend="aot_eager")
+    yield eager, compiled
+    assert compiled_forces(compiled).failed is None  # no silent fallback to eager
+
+
 def test_compile_refuses_bad_modes_and_training_models():
     model = tiny_preset()
     with pytest.raises(MLFFError, match="compile must be one of"):
@@ -42,17 +62,73 @@ def test_compile_refuses_bad_modes_and_training_models():
     assert compile_model(model, "none") is model and not is_compiled(model)
 
 
+def test_large_and_empty_structures_stay_eager():
+    model = compile_model(tiny_preset().eval().requires_grad_(False), backend="aot_eager")
+    compiled = compiled_forces(model)
+    assert compiled.applies(9, 72)
+    assert not compiled.applies(9, 0) and not compiled.applies(0, 0)
+    assert not compiled.applies(4096, 10**5)  # neighbour blocks, eagerly
+    model.potential.max_chunk_edges = 50
+    assert not compiled.applies(9, 72)  # chunked eagerly
+
+
 @pytest.mark.slow
-def test_compiled_equals_eager_on_a_molecule_and_a_periodic_cell():
+def test_compiled_equals_eager_alone_and_in_a_batch(models):
+    eager, compiled = models
+    structures = [ethanol(), triclinic_cell()]
+    for group in ([structures[0]], [structures[1]], structures):
+        for reference, result in zip(
+            predict_many(eager, group), predict_many(compiled, group), strict=True
+        ):
+            assert abs(result.energy - reference.energy) < 1e-10
+            np.testing.assert_allclose(result.forces, reference.forces, rtol=0, atol=1e-10)
+            if reference.stress is not None:
+                np.testing.assert_allclose(result.stress, reference.stress, rtol=0, atol=1e-10)
+    assert compiled_forces(compiled).failed is None  # compiled, not a fallback to eager
+
+
+@pytest.mark.slow
+def test_batched_md_model_compiled_equals_eager(models):
+    eager, compiled = models
+    structures = [ethanol(), triclinic_cell()]
+    batch = SystemBatch.from_atoms(structures, torch.device("cpu"))
+    edge_index, edge_shifts = VerletList(eager.cutoff, 1.0).update(batch)
+    reference = BatchedModel(eager, batch.numbers)(batch, edge_index, edge_shifts, True)
+    result = BatchedModel(compiled, batch.numbers)(batch, edge_index, edge_shifts, True)
+    for name in ("energy", "forces", "stress"):
+        torch.testing.assert_close(
+            getattr(result, name), getattr(reference, name), rtol=0, atol=1e-10
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("structure_name", ["molecule", "triclinic"])
+def test_physics_suite_on_the_compiled_model(models, structure_name):
+    _, compiled = models
+    structure = ethanol() if structure_name == "molecule" else triclinic_cell()
+    assert np.abs(predict(compiled, structure).forces).max() > 1e-3
+    test_physics.test_rotation_and_reflection(compiled, structure, reflection=True)
+    test_physics.test_translation(compiled, structure)
+    test_physics.test_permutation(compiled, structure)
+    test_physics.test_forces_match_finite_differences(compiled, structure)
+    if structure_name == "triclinic":
+        test_physics.test_stress_matches_finite_strain(compiled)
+        test_physics.test_supercell_is_extensive(compiled)
+    else:
+        test_physics.test_smooth_when_an_atom_crosses_the_cutoff(compiled)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_equals_eager_on_a_molecule_and_a_periodic_cell():
     model = tiny_preset()
     eager = MLFFCalculator(model, device="cpu", dtype="float64")
     compiled = MLFFCalculator(model, device="cpu", dtype="float64", compile="inductor")
     assert is_compiled(compiled.model) and not is_compiled(eager.model)
     assert not is_compiled(model)  # the caller's model is left as it was
-    ethanol = molecule("CH3CH2OH")
+    ethanol_molecule = molecule("CH3CH2OH")
     copper = bulk("Cu", "fcc", a=3.61) * (2, 2, 2)
     copper.rattle(0.05, seed=1)
-    for atoms, properties in ((ethanol, ["forces"]), (copper, ["forces", "stress"])):
+    for atoms, properties in ((ethanol_molecule, ["forces"]), (copper, ["forces", "stress"])):
         results = []
         for calculator in (eager, compiled):
             work = copy.deepcopy(atoms)
@@ -61,3 +137,4 @@ def test_compiled_equals_eager_on_a_molecule_and_a_periodic_cell():
             results[-1]["energy"] = work.get_potential_energy()
         for key in results[0]:
             np.testing.assert_allclose(results[1][key], results[0][key], rtol=0, atol=1e-10)
+    assert compiled_forces(compiled.model).failed is None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mlff.compiled import compiled_forces
 from mlff.md.state import SystemBatch
 from mlff.runtime import keep_freed_memory
 
@@ -56,38 +57,53 @@ class BatchedModel:
         """``edge_index`` (2, n_pairs) and ``edge_shifts`` (n_pairs, 3): candidate pairs with
         ``x_j - x_i + S @ cell`` their vectors (Å), as a Verlet list holds them."""
         dtype = self.dtype
-        positions = state.positions.detach().to(dtype).requires_grad_(True)
+        positions = state.positions.detach().to(dtype)
         cell = state.cell.to(dtype)
-        inputs = [positions]
         system = state.system
-        if compute_stress:
-            strain = torch.zeros_like(cell, requires_grad=True)
-            inputs.append(strain)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
-            cell = cell + torch.bmm(cell, symmetric)
         shifts = edge_shifts.to(dtype)
         if self.mask_edges:  # select on detached vectors: no gradient flows through the rest
             with torch.no_grad():
                 inside = _vectors(positions, cell, system, edge_index, shifts).norm(dim=-1)
                 inside = inside < self.cutoff
             edge_index, shifts = edge_index[:, inside], shifts[inside]
-        vectors = _vectors(positions, cell, system, edge_index, shifts)
-        energies = self.model.atomic_energies(self.species, edge_index, vectors)
+        compiled = compiled_forces(self.model)
+        if compiled is not None and compiled.applies(len(positions), edge_index.shape[1]):
+            energies, forces, strain_derivative = compiled(
+                self.species, edge_index, shifts, system, positions, cell, compute_stress
+            )
+        else:
+            energies, forces, strain_derivative = self._eager(
+                positions, cell, system, edge_index, shifts, compute_stress
+            )
         energy = torch.zeros(state.n_systems, dtype=torch.float64, device=energies.device)
         energy = energy.index_add(0, system, energies)
-        gradients = torch.autograd.grad(energy.sum(), inputs, allow_unused=True)
-        gradients = [
-            torch.zeros_like(x) if g is None else g for g, x in zip(gradients, inputs, strict=True)
-        ]
-        forces = -gradients[0].to(torch.float64)
         stress = None
         if compute_stress:
             volume = state.volumes()
             safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-            stress = gradients[1].to(torch.float64) / safe.view(-1, 1, 1)
+            stress = strain_derivative.to(torch.float64) / safe.view(-1, 1, 1)
             stress = torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))
+        forces = forces.to(torch.float64)
         return ForceResult(energy=energy.detach(), forces=forces.detach(), stress=stress)
+
+    def _eager(self, positions, cell, system, edge_index, shifts, compute_stress: bool):
+        """Per-atom energies (n_atoms,) eV, forces (n_atoms, 3) eV/Å and dE/d(strain)
+        (n_systems, 3, 3) eV or None, by one eager autograd pass."""
+        positions = positions.requires_grad_(True)
+        inputs = [positions]
+        if compute_stress:
+            strain = torch.zeros_like(cell, requires_grad=True)
+            inputs.append(strain)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
+            cell = cell + torch.bmm(cell, symmetric)
+        vectors = _vectors(positions, cell, system, edge_index, shifts)
+        energies = self.model.atomic_energies(self.species, edge_index, vectors)
+        gradients = torch.autograd.grad(energies.sum(), inputs, allow_unused=True)
+        gradients = [
+            torch.zeros_like(x) if g is None else g for g, x in zip(gradients, inputs, strict=True)
+        ]
+        return energies.detach(), -gradients[0], gradients[1] if compute_stress else None
 
 
 def _vectors(positions, cell, system, edge_index, shifts) -> torch.Tensor:
