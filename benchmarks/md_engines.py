@@ -1,7 +1,8 @@
 """MD speed of the ASE engine against the batched engine, in one run on the same cores.
 
     python benchmarks/md_engines.py [--device cpu] [--dtype float32] [--threads 2]
-        [--cases ethanol,ethanol-x256,Cu-2048] [--steps 200] [--hyper '{"features": 64}'] [--json]
+        [--cases ethanol,ethanol-x256,Cu-2048] [--steps 200] [--hyper '{"features": 64}']
+        [--compile inductor] [--json]
 
 For each case it runs the ASE engine (one structure through ASE's integrator and MLFFCalculator)
 and the batched engine (every replica in one batch, Verlet list with a 1 Å skin) with the same
@@ -9,14 +10,17 @@ untrained model, NVT Langevin at 300 K, 1 fs, no output files, and prints steps/
 and the ratio. For the batched engine it also times the model's forward+backward alone on the
 same batch and pairs, and reports the engine's overhead: the share of a step spent outside the
 model (median of repeated calls; within a few per cent this is timing noise, and it can come out
-negative). "ethanol-x256" runs 256 replicas in the batched engine; its ASE figure is one replica, so
-the ratio compares atom-steps/s. Record results in docs/measurements.md with command, date and
-machine.
+negative). With ``--compile inductor`` the batched engine runs again with the compiled model
+(``mlff md run --engine batched --compile inductor``); the compile time, paid once per run and
+kind of input, is reported and not counted in steps/s. "ethanol-x256" runs 256 replicas in the
+batched engine; its ASE figure is one replica, so the ratio compares atom-steps/s. Record
+results in docs/measurements.md with command, date and machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -24,6 +28,7 @@ import torch
 from ase.build import bulk, molecule
 
 from mlff import MLFFCalculator, build_model
+from mlff.compiled import compile_model
 from mlff.md.ase_engine import run_md
 from mlff.md.forces import BatchedModel
 from mlff.md.neighbours import VerletList
@@ -76,6 +81,16 @@ def batched_engine(model, structures, steps: int, args) -> tuple[float, float, i
     return summary.steps_per_second, model_s / step_s, summary.neighbour_builds
 
 
+def compiled_engine(model, structures, steps: int, args) -> tuple[float, float]:
+    """(steps/s, seconds of the compiling warm-up) of the batched engine, compiled model."""
+    compiled = compile_model(copy.deepcopy(model).requires_grad_(False), args.compile)
+    started = time.perf_counter()
+    run_batched_md(structures, compiled, settings(5))  # compiles for these inputs
+    compile_s = time.perf_counter() - started
+    summary = run_batched_md(structures, compiled, settings(steps))
+    return summary.steps_per_second, compile_s
+
+
 def _synchronise(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,6 +104,7 @@ def main() -> None:
     parser.add_argument("--cases", default="ethanol,ethanol-x256,Cu-2048")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--hyper", default="{}", help="build_model hyperparameters (JSON).")
+    parser.add_argument("--compile", default="none", choices=["none", "inductor"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -106,6 +122,11 @@ def main() -> None:
         rate, model_share, builds = batched_engine(
             model, [make() for _ in range(replicas)], steps, args
         )
+        compiled_rate, compile_s = None, None
+        if args.compile != "none":
+            compiled_rate, compile_s = compiled_engine(
+                model, [make() for _ in range(replicas)], steps, args
+            )
         row = {
             "case": name,
             "atoms_per_system": n_atoms,
@@ -118,6 +139,11 @@ def main() -> None:
             "atom_step_ratio": rate * replicas / ase_rate,
             "batched_overhead_share": 1.0 - model_share,
             "neighbour_builds": builds,
+            "compiled_steps_per_s": compiled_rate,
+            "compiled_atom_step_ratio": None
+            if compiled_rate is None
+            else compiled_rate * replicas / ase_rate,
+            "compile_s": compile_s,
         }
         rows.append(row)
         overhead = 100 * row["batched_overhead_share"]
@@ -127,6 +153,12 @@ def main() -> None:
             f"ratio {row['atom_step_ratio']:6.2f} | overhead {overhead:4.1f}% | builds {builds}",
             flush=True,
         )
+        if compiled_rate is not None:
+            print(
+                f"{'':<13} compiled batched {compiled_rate:8.1f} steps/s | ratio "
+                f"{row['compiled_atom_step_ratio']:6.2f} | compile {compile_s:.0f} s",
+                flush=True,
+            )
     if args.json:
         print(json.dumps({"device": args.device, "dtype": args.dtype,
                           "threads": torch.get_num_threads(), "rows": rows}))  # fmt: skip
