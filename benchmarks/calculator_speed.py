@@ -220,7 +220,9 @@ def main() -> None:
                 time_calls(atoms, calc, sync, min_calls=2, min_seconds=0, stress=args.stress)
             seconds = time_calls(atoms, calc, sync, stress=args.stress)
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-            flops, by_op = count_flops(atoms, calc)
+            # counted eagerly: a dispatch mode cannot watch a compiled graph (same matrix products)
+            counting = calc if args.compile == "none" else MLFFCalculator(model, args.device, dtype)
+            flops, by_op = count_flops(atoms, counting)
             if dtype not in gemm:
                 gemm[dtype] = gemm_gflops(args.gemm_size, dtype, str(calc.device))
             achieved = flops / 1e9 / seconds

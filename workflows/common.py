@@ -261,8 +261,9 @@ def compile_option(command):
         type=click.Choice(["none", "inductor"]),
         default="none",
         show_default=True,
-        help="none: eager (the reference); inductor: torch.compile the model (compiling "
-        "takes a minute or more at the start; faster steps where the benchmark shows it).",
+        help="none: eager (the reference); inductor: energies, forces and stress as one "
+        "torch.compile graph (compiling takes a minute or two at the start; faster calls for "
+        "molecules and small cells; large cells stay eager).",
     )(command)
 
 

@@ -193,8 +193,8 @@ def _summary_lines(summary, settings, n_atoms: int) -> list[str]:
     default="auto",
     show_default=True,
     help="ase: one structure through ASE's integrators (the reference; NPT, --restart). "
-    "batched: every frame of --index x --replicas as one device batch. auto: batched on a GPU "
-    "or for several systems, else ase.",
+    "batched: every frame of --index x --replicas as one device batch. auto: batched on a GPU, "
+    "for several systems or with --compile inductor, else ase.",
 )
 @click.option(
     "--replicas",
@@ -286,7 +286,7 @@ def run(
 
     start_step, start_time_fs = 0, None
     if restart is not None:
-        choose_engine(engine, replicas, device, ensemble, barostat, restart)
+        choose_engine(engine, replicas, device, ensemble, barostat, restart, compile_mode)
         where, atoms = read_checked(restart, -1)[-1]
         start_time_fs = atoms.info.get("time_fs")
         if "step" in atoms.info:
@@ -306,7 +306,9 @@ def run(
             )
     else:
         inputs = read_checked(structure, index)
-        engine = choose_engine(engine, len(inputs) * replicas, device, ensemble, barostat, restart)
+        engine = choose_engine(
+            engine, len(inputs) * replicas, device, ensemble, barostat, restart, compile_mode
+        )
         if engine == "batched":
             options = dict(
                 device=device,

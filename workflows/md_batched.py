@@ -7,9 +7,20 @@ from mlff.workflows.common import SIGNAL_EXIT_CODES, emit_json, load_calculator
 
 
 def choose_engine(
-    engine: str, n_systems: int, device: str, ensemble: str, barostat: str, restart
+    engine: str,
+    n_systems: int,
+    device: str,
+    ensemble: str,
+    barostat: str,
+    restart,
+    compile_mode: str = "none",
 ) -> str:
-    """Resolve ``--engine auto`` and refuse combinations an engine cannot run."""
+    """Resolve ``--engine auto`` and refuse combinations an engine cannot run.
+
+    auto: batched on a GPU, for several systems, or with a compiled model (on a CPU the compiled
+    batched engine outruns the ASE engine from one ethanol to Cu-2048, benchmarks/md_engines.py;
+    eager, one system runs as fast in either); else ase.
+    """
     from mlff.runtime import resolve_device
 
     if engine == "auto":
@@ -17,7 +28,8 @@ def choose_engine(
             engine = "ase"
         else:
             on_gpu = resolve_device(device).type == "cuda"
-            engine = "batched" if on_gpu or n_systems > 1 else "ase"
+            compiled = compile_mode != "none"
+            engine = "batched" if on_gpu or n_systems > 1 or compiled else "ase"
     if engine == "ase" and n_systems > 1:
         raise click.UsageError(
             f"{n_systems} systems (frames x --replicas) need --engine batched; "
