@@ -30,7 +30,7 @@ from mlff.model import ForceField
 COMPILE_CHOICES = ("none", "inductor")
 # an EGNN with fixed coordinates evaluates faster eagerly, in neighbour blocks, above about this
 # many edges (benchmarks/compiled_crossover.py measures where); below, compiled is faster
-MAX_EDGES_OVER_BLOCKS = 1536
+MAX_EDGES_OVER_BLOCKS = 1024
 
 
 def compile_model(

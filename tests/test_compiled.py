@@ -1,15 +1,16 @@
 """The compiled inference path (``--compile inductor``) against eager, the reference.
 
 What a compiler traces is checked with torch.compile's "aot_eager" backend (the same graph, no
-kernel generation: seconds instead of minutes) on three tiny models that cover the traced code
-paths (EGNN angular sums per edge, TFN with attention, the Uni-Mol encoder): compiled equals
-eager, and the physics suite's checks pass on the compiled model. One test compiles with
-inductor itself through the calculator.
+kernel generation: seconds instead of minutes; ``MLFF_TEST_COMPILE_BACKEND=inductor`` switches)
+on three tiny models that cover the traced code paths (EGNN angular sums per edge, TFN with
+attention, the Uni-Mol encoder): compiled equals eager, and the physics suite's checks pass on
+the compiled model. One test compiles with inductor itself through the calculator.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +28,8 @@ from tests import test_physics
 from tests.conftest import ethanol, tiny_model, triclinic_cell
 
 COMPILED_CONFIGS = ["egnn-angular", "tfn-l2-attention", "tfn+unimol"]
+# MLFF_TEST_COMPILE_BACKEND=inductor runs the same checks on generated kernels (many minutes)
+BACKEND = os.environ.get("MLFF_TEST_COMPILE_BACKEND", "aot_eager")
 
 
 def tiny_preset():
@@ -48,7 +51,7 @@ def tiny_preset():
 def models(request):
     """(eager, compiled) copies of one tiny model; module-wide, so each is traced once."""
     eager = tiny_model(request.param)
-    compiled = compile_model(tiny_model(request.param).requires_grad_(False), backend="aot_eager")
+    compiled = compile_model(tiny_model(request.param).requires_grad_(False), backend=BACKEND)
     yield eager, compiled
     assert compiled_forces(compiled).failed is None  # no silent fallback to eager
 
