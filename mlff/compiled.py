@@ -154,20 +154,16 @@ def _is_compiler_error(error: Exception) -> bool:
 def _force_function(model: ForceField):
     """The function that :class:`CompiledForces` compiles: energies and, by ``torch.func.grad``
     (traced into the same graph as the energies), forces and the strain derivative."""
+    from mlff.forces import pair_vectors, strained  # mlff.forces calls into this module
 
     def energies_and_gradients(
         species, edge_index, edge_shifts, system, positions, cell, compute_stress: bool
     ):
         def total_energy(positions, strain):
+            deformed = cell
             if compute_stress:
-                symmetric = 0.5 * (strain + strain.transpose(1, 2))
-                positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
-                deformed = cell + torch.bmm(cell, symmetric)
-            else:
-                deformed = cell
-            centre, neighbour = edge_index[0], edge_index[1]
-            images = torch.einsum("ek,ekl->el", edge_shifts, deformed[system[centre]])
-            vectors = positions[neighbour] - positions[centre] + images
+                positions, deformed = strained(positions, cell, strain, system)
+            vectors = pair_vectors(positions, deformed, system, edge_index, edge_shifts)
             energies = model.atomic_energies(species, edge_index, vectors)
             return energies.sum(), energies
 

@@ -20,12 +20,34 @@ from mlff.graph import AtomicGraph
 
 def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
     """(n_edges, 3) Å: ``x_j - x_i + S @ cell`` for each edge of ``graph``."""
-    centre, neighbour = graph.edge_index[0], graph.edge_index[1]
-    vectors = positions[neighbour] - positions[centre]
     if graph.n_graphs == 1:
-        return vectors + graph.edge_shifts @ cell[0]
-    edge_cells = cell[graph.batch[centre]]
-    return vectors + torch.einsum("ek,ekl->el", graph.edge_shifts, edge_cells)
+        centre, neighbour = graph.edge_index[0], graph.edge_index[1]
+        return positions[neighbour] - positions[centre] + graph.edge_shifts @ cell[0]
+    return pair_vectors(positions, cell, graph.batch, graph.edge_index, graph.edge_shifts)
+
+
+def pair_vectors(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    system: torch.Tensor,
+    edge_index: torch.Tensor,
+    shifts: torch.Tensor,
+) -> torch.Tensor:
+    """(n_pairs, 3) Å: ``x_j - x_i + S @ cell`` of each pair, ``cell`` (n_systems, 3, 3) and
+    ``system`` (n_atoms,) the system of each atom."""
+    centre, neighbour = edge_index[0], edge_index[1]
+    images = torch.einsum("ek,ekl->el", shifts, cell[system[centre]])
+    return positions[neighbour] - positions[centre] + images
+
+
+def strained(
+    positions: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor, system: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (1 + eps)`` (n_atoms, 3) and ``cell (1 + eps)`` (n_systems, 3, 3), ``eps`` the
+    symmetric part of ``strain`` (n_systems, 3, 3)."""
+    symmetric = 0.5 * (strain + strain.transpose(1, 2))
+    positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
+    return positions, cell + torch.bmm(cell, symmetric)
 
 
 def evaluate(
@@ -61,9 +83,7 @@ def evaluate(
     if compute_stress:
         strain = torch.zeros_like(cell, requires_grad=True)
         inputs.append(strain)
-        symmetric = 0.5 * (strain + strain.transpose(1, 2))
-        positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph.batch])
-        cell = cell + torch.bmm(cell, symmetric)
+        positions, cell = strained(positions, cell, strain, graph.batch)
     vectors = edge_vectors(positions, cell, graph)
     energies = model.atomic_energies(species, graph.edge_index, vectors)
     energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
@@ -80,7 +100,7 @@ def evaluate(
     if compute_forces:
         results["forces"] = -gradients[0]
     if compute_stress:
-        results["stress"] = _stress(gradients[-1], graph.volumes().to(dtype))
+        results["stress"] = stress_from_strain(gradients[-1], graph.volumes().to(dtype))
     return results
 
 
@@ -101,11 +121,11 @@ def _evaluate_compiled(
     results = {"energy": energy.index_add(0, graph.batch, energies), "energies": energies}
     results["forces"] = forces
     if compute_stress:
-        results["stress"] = _stress(strain_derivative, graph.volumes().to(forces.dtype))
+        results["stress"] = stress_from_strain(strain_derivative, graph.volumes().to(forces.dtype))
     return results
 
 
-def _stress(strain_derivative: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+def stress_from_strain(strain_derivative: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
     """(n_graphs, 3, 3) eV/Å³: dE/d(strain) / V, zero where a structure has no cell volume."""
     safe_volume = torch.where(volume > 0, volume, torch.ones_like(volume))
     stress = strain_derivative / safe_volume.view(-1, 1, 1)

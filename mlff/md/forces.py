@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mlff.compiled import compiled_forces
+from mlff.forces import pair_vectors, strained, stress_from_strain
 from mlff.md.state import SystemBatch
 from mlff.runtime import keep_freed_memory
 
@@ -63,7 +64,7 @@ class BatchedModel:
         shifts = edge_shifts.to(dtype)
         if self.mask_edges:  # select on detached vectors: no gradient flows through the rest
             with torch.no_grad():
-                inside = _vectors(positions, cell, system, edge_index, shifts).norm(dim=-1)
+                inside = pair_vectors(positions, cell, system, edge_index, shifts).norm(dim=-1)
                 inside = inside < self.cutoff
             edge_index, shifts = edge_index[:, inside], shifts[inside]
         compiled = compiled_forces(self.model)
@@ -79,10 +80,7 @@ class BatchedModel:
         energy = energy.index_add(0, system, energies)
         stress = None
         if compute_stress:
-            volume = state.volumes()
-            safe = torch.where(volume > 0, volume, torch.ones_like(volume))
-            stress = strain_derivative.to(torch.float64) / safe.view(-1, 1, 1)
-            stress = torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))
+            stress = stress_from_strain(strain_derivative.to(torch.float64), state.volumes())
         forces = forces.to(torch.float64)
         return ForceResult(energy=energy.detach(), forces=forces.detach(), stress=stress)
 
@@ -94,23 +92,14 @@ class BatchedModel:
         if compute_stress:
             strain = torch.zeros_like(cell, requires_grad=True)
             inputs.append(strain)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
-            cell = cell + torch.bmm(cell, symmetric)
-        vectors = _vectors(positions, cell, system, edge_index, shifts)
+            positions, cell = strained(positions, cell, strain, system)
+        vectors = pair_vectors(positions, cell, system, edge_index, shifts)
         energies = self.model.atomic_energies(self.species, edge_index, vectors)
         gradients = torch.autograd.grad(energies.sum(), inputs, allow_unused=True)
         gradients = [
             torch.zeros_like(x) if g is None else g for g, x in zip(gradients, inputs, strict=True)
         ]
         return energies.detach(), -gradients[0], gradients[1] if compute_stress else None
-
-
-def _vectors(positions, cell, system, edge_index, shifts) -> torch.Tensor:
-    """(n_pairs, 3) Å: ``x_j - x_i + S @ cell`` of each pair."""
-    centre, neighbour = edge_index[0], edge_index[1]
-    images = torch.einsum("ek,ekl->el", shifts, cell[system[centre]])
-    return positions[neighbour] - positions[centre] + images
 
 
 class ForceFunction:
