@@ -16,13 +16,15 @@ import torch
 
 from mlff.compiled import CompiledForces, compiled_forces
 from mlff.graph import AtomicGraph
+from mlff.potentials.layers import gather
 
 
 def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
     """(n_edges, 3) Å: ``x_j - x_i + S @ cell`` for each edge of ``graph``."""
     if graph.n_graphs == 1:
         centre, neighbour = graph.edge_index[0], graph.edge_index[1]
-        return positions[neighbour] - positions[centre] + graph.edge_shifts @ cell[0]
+        images = graph.edge_shifts @ cell[0]
+        return gather(positions, neighbour) - gather(positions, centre) + images
     return pair_vectors(positions, cell, graph.batch, graph.edge_index, graph.edge_shifts)
 
 
@@ -36,8 +38,8 @@ def pair_vectors(
     """(n_pairs, 3) Å: ``x_j - x_i + S @ cell`` of each pair, ``cell`` (n_systems, 3, 3) and
     ``system`` (n_atoms,) the system of each atom."""
     centre, neighbour = edge_index[0], edge_index[1]
-    images = torch.einsum("ek,ekl->el", shifts, cell[system[centre]])
-    return positions[neighbour] - positions[centre] + images
+    images = torch.einsum("ek,ekl->el", shifts, gather(cell, gather(system, centre)))
+    return gather(positions, neighbour) - gather(positions, centre) + images
 
 
 def strained(
@@ -46,7 +48,7 @@ def strained(
     """``x (1 + eps)`` (n_atoms, 3) and ``cell (1 + eps)`` (n_systems, 3, 3), ``eps`` the
     symmetric part of ``strain`` (n_systems, 3, 3)."""
     symmetric = 0.5 * (strain + strain.transpose(1, 2))
-    positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[system])
+    positions = positions + torch.einsum("ni,nij->nj", positions, gather(symmetric, system))
     return positions, cell + torch.bmm(cell, symmetric)
 
 

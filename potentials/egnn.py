@@ -53,7 +53,7 @@ from .harmonics import harmonic_matrix, real_harmonics
 
 __all__ = ["EGNN", "EquivariantGraphConv", "real_harmonics"]
 from .egnn_layer import EquivariantGraphConv
-from .layers import BesselBasis, PolynomialEnvelope, mlp
+from .layers import BesselBasis, PolynomialEnvelope, gather, mlp
 
 # above this many edges a structure is evaluated in chunks of centre atoms (activation
 # checkpointing), so memory stays linear in atoms with a small constant
@@ -162,10 +162,11 @@ class EGNN(nn.Module):
             chunk = n_edges if n_edges <= self.max_chunk_edges else self.chunk_edges
             blocks = self._blocks.get(edge_index, n_atoms, chunk)
         if blocks.order is not None:  # sorted by centre: chunks are contiguous edge ranges
-            edge_index, edge_vectors = edge_index[:, blocks.order], edge_vectors[blocks.order]
-            edge_lengths = edge_lengths[blocks.order]
+            edge_index = edge_index[:, blocks.order]
+            edge_vectors = gather(edge_vectors, blocks.order)
+            edge_lengths = gather(edge_lengths, blocks.order)
             if edge_features is not None:
-                edge_features = edge_features[blocks.order]
+                edge_features = gather(edge_features, blocks.order)
         h = self.embed(node_features)
         in_blocks = (
             self.shared_geometry
@@ -216,7 +217,8 @@ class EGNN(nn.Module):
         for k, layer in enumerate(self.layers):
             if displacement is not None:
                 centre, neighbour = edge_index[0], edge_index[1]
-                edge_vectors = edge_vectors + displacement[neighbour] - displacement[centre]
+                moved = gather(displacement, neighbour) - gather(displacement, centre)
+                edge_vectors = edge_vectors + moved
                 edge_lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
                 geometry = None  # the distances moved
             if geometry is None:

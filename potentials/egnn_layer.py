@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .blocks import NeighbourBlocks
-from .layers import mlp, scatter_sum
+from .layers import gather, mlp, scatter_sum
 
 
 class EquivariantGraphConv(nn.Module):
@@ -82,7 +82,7 @@ class EquivariantGraphConv(nn.Module):
         local_centre = centre - first if first else centre
         n_local = end - first
         message = self.message(
-            centre_part[centre] + neighbour_part[neighbour] + radial_part, envelope
+            gather(centre_part, centre) + gather(neighbour_part, neighbour) + radial_part, envelope
         )
         aggregated = scatter_sum(message, local_centre, n_local) * inv_avg_neighbors
         angular = None
@@ -150,7 +150,7 @@ class EquivariantGraphConv(nn.Module):
         ``neighbour_part`` (n_atoms, F): the first message layer's ``h_i`` and ``h_j`` blocks
         applied per atom. No gather of the centres and no scatter: the sums over neighbours
         are sums over the block's width."""
-        pre = centre_part.unsqueeze(1) + neighbour_part[neighbour] + radial_part
+        pre = centre_part.unsqueeze(1) + gather(neighbour_part, neighbour) + radial_part
         message = self.message(pre, envelope)
         aggregated = message.sum(1) * inv_avg_neighbors
         if self.angular_linear is None or harmonics_t is None:

@@ -71,7 +71,7 @@ from e3nn import o3
 from e3nn.nn import Gate
 from torch import nn
 
-from .layers import BesselBasis, PolynomialEnvelope, mlp, scatter_sum
+from .layers import BesselBasis, PolynomialEnvelope, gather, mlp, scatter_sum
 from .tensor_product import EdgeTensorProduct, from_channel_last, irreps_layout, to_channel_last
 
 _ATTENTION_EPS = 1e-9
@@ -163,9 +163,9 @@ class TFNLayer(nn.Module):
     ) -> torch.Tensor:
         n_atoms = x.shape[0]
         x_up = to_channel_last(self.linear_up(x), self.layout_in)
-        message = self.tp(x_up[neighbour], sh, weight)  # (E, dims, mul)
+        message = self.tp(gather(x_up, neighbour), sh, weight)  # (E, dims, mul)
         if self.attention:
-            query = to_channel_last(self.query(x), self.layout_key)[centre]
+            query = gather(to_channel_last(self.query(x), self.layout_key), centre)
             if self.key_prefix == message.shape[1]:
                 key = message
             elif self.key_prefix:
@@ -178,7 +178,7 @@ class TFNLayer(nn.Module):
             stacked = torch.stack([envelope * weights, envelope], dim=-1)
             sums = scatter_sum(stacked, centre, n_atoms)  # (n_atoms, 2): softmax norm, count
             per_centre = sums[:, 1] / (sums[:, 0] + _ATTENTION_EPS) * inv_norm
-            message = message * (weights * per_centre[centre])[:, None, None]
+            message = message * (weights * gather(per_centre, centre))[:, None, None]
             aggregated = scatter_sum(message, centre, n_atoms)
         else:
             aggregated = scatter_sum(message, centre, n_atoms) * inv_norm
