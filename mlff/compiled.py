@@ -26,6 +26,7 @@ import torch
 
 from mlff.errors import MLFFError
 from mlff.model import ForceField
+from mlff.runtime import SINGLE_THREAD_EDGES_COMPILED, single_thread_below
 
 COMPILE_CHOICES = ("none", "inductor")
 # an EGNN with fixed coordinates evaluates faster eagerly, in neighbour blocks, above about this
@@ -113,7 +114,11 @@ class CompiledForces:
         compute_stress: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         inputs = (species, edge_index, edge_shifts, system, positions.detach(), cell.detach())
-        with _traceable(self.model.potential):
+        n_edges = int(edge_index.shape[1])
+        with (
+            _traceable(self.model.potential),
+            single_thread_below(n_edges, SINGLE_THREAD_EDGES_COMPILED, positions.device),
+        ):
             try:
                 energies, forces, strain_derivative = self._function(*inputs, compute_stress)
             except Exception as error:

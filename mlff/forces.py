@@ -17,6 +17,7 @@ import torch
 from mlff.compiled import CompiledForces, compiled_forces
 from mlff.graph import AtomicGraph
 from mlff.potentials.layers import gather
+from mlff.runtime import SINGLE_THREAD_EDGES_EAGER, single_thread_below
 
 
 def edge_vectors(positions: torch.Tensor, cell: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
@@ -76,6 +77,20 @@ def evaluate(
         and compiled.applies(graph.n_atoms, graph.n_edges)
     ):
         return _evaluate_compiled(compiled, species, graph, compute_stress)
+    with single_thread_below(graph.n_edges, SINGLE_THREAD_EDGES_EAGER, graph.positions.device):
+        return _evaluate_eager(model, species, graph, compute_forces, compute_stress, create_graph)
+
+
+def _evaluate_eager(
+    model,
+    species: torch.Tensor,
+    graph: AtomicGraph,
+    compute_forces: bool,
+    compute_stress: bool,
+    create_graph: bool,
+) -> dict[str, torch.Tensor]:
+    """:func:`evaluate` by one autograd pass (training's ``create_graph`` included)."""
+    dtype = model.dtype
     positions = graph.positions
     cell = graph.cell
     inputs: list[torch.Tensor] = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -18,6 +20,12 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 # below this many atoms torch's intra-op threads cost more than they give on a CPU
 SMALL_SYSTEM_ATOMS = 1000
+# per call, on a CPU: up to this many edges one thread evaluates a model faster than several
+# (eager: measured crossover between 164 and 528 edges; compiled: inductor's parallel kernels
+# were slower than one thread up to Cu-256's 10,752 edges and faster at Cu-2048's 86,016;
+# see docs/measurements.md, 2026-12-04)
+SINGLE_THREAD_EDGES_EAGER = 256
+SINGLE_THREAD_EDGES_COMPILED = 16384
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -54,6 +62,22 @@ def set_threads(
         return
     if torch.device(device).type == "cpu" and (n_atoms is None or n_atoms < SMALL_SYSTEM_ATOMS):
         torch.set_num_threads(1)
+
+
+@contextmanager
+def single_thread_below(n_edges: int, limit: int, device: torch.device) -> Iterator[None]:
+    """Evaluate with one CPU thread when the call has at most ``limit`` edges, then restore
+    torch's thread count: a small call's many tiny kernels only pay for the thread pool's
+    start-up. No effect on a GPU, with one thread already, or above the limit."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or n_edges > limit:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # glibc mallopt parameters (malloc.h)

@@ -15,7 +15,7 @@ import torch
 from mlff.compiled import compiled_forces
 from mlff.forces import pair_vectors, strained, stress_from_strain
 from mlff.md.state import SystemBatch
-from mlff.runtime import keep_freed_memory
+from mlff.runtime import SINGLE_THREAD_EDGES_EAGER, keep_freed_memory, single_thread_below
 
 
 @dataclass
@@ -73,9 +73,12 @@ class BatchedModel:
                 self.species, edge_index, shifts, system, positions, cell, compute_stress
             )
         else:
-            energies, forces, strain_derivative = self._eager(
-                positions, cell, system, edge_index, shifts, compute_stress
-            )
+            with single_thread_below(
+                int(edge_index.shape[1]), SINGLE_THREAD_EDGES_EAGER, positions.device
+            ):
+                energies, forces, strain_derivative = self._eager(
+                    positions, cell, system, edge_index, shifts, compute_stress
+                )
         energy = torch.zeros(state.n_systems, dtype=torch.float64, device=energies.device)
         energy = energy.index_add(0, system, energies)
         stress = None
