@@ -1,5 +1,5 @@
 """Eager against compiled evaluation per call, from a molecule to bulk cells, to place the size
-above which ``mlff.compiled`` leaves a model eager (``MAX_EDGES_OVER_BLOCKS``).
+above which ``mlff.compiled`` leaves a model eager (``MAX_EGNN_COMPILED_EDGES``).
 
     python benchmarks/compiled_crossover.py [--size medium] [--hyper '{...}'] [--threads 2]
         [--dtype float32] [--cells 2x2x2,2x2x3,3x3x3,4x4x4] [--json]

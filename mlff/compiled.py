@@ -29,9 +29,11 @@ from mlff.model import ForceField
 from mlff.runtime import SINGLE_THREAD_EDGES_COMPILED, single_thread_below
 
 COMPILE_CHOICES = ("none", "inductor")
-# an EGNN with fixed coordinates evaluates faster eagerly, in neighbour blocks, above about this
-# many edges (benchmarks/compiled_crossover.py measures where); below, compiled is faster
-MAX_EDGES_OVER_BLOCKS = 1024
+# an EGNN evaluates faster eagerly (on all threads, in neighbour blocks when its coordinates
+# are fixed) above about this many edges; below, compiled on one thread is faster
+# (benchmarks/compiled_crossover.py measures where: between 4,614 and 6,158 edges for both
+# layouts on the 2-core CPU, docs/measurements.md)
+MAX_EGNN_COMPILED_EDGES = 4096
 
 
 def compile_model(
@@ -92,14 +94,14 @@ class CompiledForces:
     def applies(self, n_atoms: int, n_edges: int) -> bool:
         """Whether the compiled graph serves a structure of this size (else: evaluate eagerly).
 
-        Not above the EGNN's chunking threshold (eager chunks bound the memory), and, for an
-        EGNN whose eager path lays edges out in neighbour blocks (fixed coordinates), not above
-        :data:`MAX_EDGES_OVER_BLOCKS` edges: there the blocks beat the compiled per-edge sums.
+        Not above an EGNN's :data:`MAX_EGNN_COMPILED_EDGES` (its eager layers, on every
+        thread, are faster there; this also keeps below its chunking threshold, where eager
+        chunks bound the memory). The TFN has no such limit.
         """
         potential = self.model.potential
         limit = getattr(potential, "max_chunk_edges", None)
-        if getattr(potential, "shared_geometry", False):
-            limit = min(limit, MAX_EDGES_OVER_BLOCKS)
+        if limit is not None:
+            limit = min(limit, MAX_EGNN_COMPILED_EDGES)
         too_big = limit is not None and n_edges > limit
         return self._failed is None and n_atoms > 0 and n_edges > 0 and not too_big
 

@@ -18,7 +18,7 @@ import torch
 from ase.build import bulk, molecule
 
 from mlff import MLFFCalculator, build_model
-from mlff.compiled import compile_model, compiled_forces, is_compiled
+from mlff.compiled import MAX_EGNN_COMPILED_EDGES, compile_model, compiled_forces, is_compiled
 from mlff.errors import MLFFError
 from mlff.md.forces import BatchedModel
 from mlff.md.neighbours import VerletList
@@ -70,7 +70,8 @@ def test_large_and_empty_structures_stay_eager():
     compiled = compiled_forces(model)
     assert compiled.applies(9, 72)
     assert not compiled.applies(9, 0) and not compiled.applies(0, 0)
-    assert not compiled.applies(4096, 10**5)  # neighbour blocks, eagerly
+    assert compiled.applies(100, MAX_EGNN_COMPILED_EDGES)
+    assert not compiled.applies(100, MAX_EGNN_COMPILED_EDGES + 1)  # eagerly, on every thread
     model.potential.max_chunk_edges = 50
     assert not compiled.applies(9, 72)  # chunked eagerly
 
