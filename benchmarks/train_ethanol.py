@@ -9,7 +9,8 @@ the training clock paused, so the curve is test force MAE against training wall 
 
 With ``--mace-python`` (a python in a separate environment with mace-torch, see
 ``benchmarks/mace_worker.py``) MACE is trained on the same split, on the same machine and
-threads, after mlff's runs: ``mace_run_train`` with 32 channels, L=1, correlation 3, r_max 5 Å,
+cores, after mlff's runs (``--mace-threads``, default every core: mlff's default trains one
+process per core): ``mace_run_train`` with 32 channels, L=1, correlation 3, r_max 5 Å,
 float32, batch 10, EMA, lr 0.01, loss weights 1 / 100, for ``--mace-epochs`` epochs (20), its
 time taken on the same ``--clock`` (the whole MACE process, data loading included). The table
 then gains a MACE row and the ratios of mlff's figures to MACE's. Without it only mlff's figures
@@ -19,6 +20,7 @@ are printed. Record results in docs/measurements.md with the command, date and m
     python benchmarks/train_ethanol.py --potential egnn --potential tfn --time-limit 30
     python benchmarks/train_ethanol.py --set batch_size=32 --set lr=0.01   # try options
     python benchmarks/train_ethanol.py --mace-python /path/macevenv/bin/python   # and MACE
+    python benchmarks/train_ethanol.py --mace-python PATH --match-mace-time  # mlff at MACE's time
 
 Prints a table per potential and one JSON object (``--json-out`` writes it to a file too).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -150,7 +153,7 @@ def run_mace(train: Path, test: Path, work: Path, args) -> dict:
         "--epochs",
         str(args.mace_epochs),
         "--threads",
-        str(args.threads or 1),  # mlff's default: one thread per training process on CPU
+        str(args.mace_threads or os.cpu_count() or 1),
     ]
     print(f"training MACE: {' '.join(command)}", file=sys.stderr, flush=True)
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
@@ -245,6 +248,18 @@ def main() -> None:
         help="python of an environment with mace-torch: train MACE on the same split too",
     )
     parser.add_argument("--mace-epochs", type=int, default=20, help="MACE's max_num_epochs")
+    parser.add_argument(
+        "--match-mace-time",
+        action="store_true",
+        help="train MACE first and give mlff exactly MACE's training time (overrides --time-limit)",
+    )
+    parser.add_argument(
+        "--mace-threads",
+        type=int,
+        default=0,
+        help="MACE's torch threads (default: every core, as mlff train's default of one "
+        "training process per core uses them)",
+    )
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG of test force MAE against time")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -252,8 +267,13 @@ def main() -> None:
     if args.mace_python and not args.mace_python.is_file():
         sys.exit(f"--mace-python {args.mace_python}: no such file")
     train, test = write_split(args.data, args.work)
+    mace = None
+    if args.mace_python and args.match_mace_time:  # MACE first: mlff then gets its time
+        mace = run_mace(train, test, args.work, args)
+        args.time_limit = mace["training_time_s"] / 60.0
     results = [run(p, train, test, args.work, args) for p in (args.potential or ["egnn"])]
-    mace = run_mace(train, test, args.work, args) if args.mace_python else None
+    if args.mace_python and mace is None:
+        mace = run_mace(train, test, args.work, args)
     print_table(results, mace)
     payload = {"results": results, "mace": mace}
     print(json.dumps(payload))
