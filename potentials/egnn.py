@@ -146,6 +146,18 @@ class EGNN(nn.Module):
             else None
         )
 
+    def _apply(self, fn, recurse=True):
+        """Follow ``.to(dtype/device)``, but remake the harmonics' coefficients from their exact
+        values: a model stored in float32 and run in float64 would otherwise carry float32-rounded
+        coefficients, whose harmonics are no longer exactly a rotation's representation (forces
+        then break rotational covariance at ~1e-7 relative instead of round-off)."""
+        super()._apply(fn, recurse)
+        if self.harmonic_matrix is not None:
+            rounded = self.harmonic_matrix
+            exact = harmonic_matrix(self.angular_order)
+            self.harmonic_matrix = exact.to(device=rounded.device, dtype=rounded.dtype)
+        return self
+
     def forward(
         self,
         node_features: torch.Tensor,

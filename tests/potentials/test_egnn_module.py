@@ -191,3 +191,21 @@ def test_real_harmonics_obey_the_addition_theorem(degree):
     t = (a * b).sum(-1)
     legendre = {1: t, 2: 0.5 * (3 * t**2 - 1), 3: 0.5 * (5 * t**3 - 3 * t)}[degree]
     torch.testing.assert_close(products, legendre, rtol=0, atol=1e-12)
+
+
+def test_harmonics_stay_exact_through_a_float32_round_trip():
+    """A model kept in float32 (as training stores it) and run in float64 has the exact
+    harmonic coefficients again, so its energies are rotation invariant to round-off."""
+    from mlff.potentials.harmonics import harmonic_matrix
+
+    model = make_egnn(angular_channels=4, angular_order=3)
+    model = model.to(torch.float32).to(torch.float64)
+    assert torch.equal(model.harmonic_matrix, harmonic_matrix(3))
+    positions, pairs = cluster()
+    nodes = torch.randn(len(positions), 5, dtype=torch.float64)
+    rotation = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
+    energies = []
+    for x in (positions, positions @ rotation.T):
+        vectors = x[pairs[1]] - x[pairs[0]]
+        energies.append(model(nodes, None, pairs, vectors, vectors.norm(dim=-1)))
+    torch.testing.assert_close(energies[1], energies[0], rtol=1e-12, atol=1e-12)
