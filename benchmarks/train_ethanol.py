@@ -1,8 +1,11 @@
-"""Ethanol training benchmark: default ``mlff train`` per potential, test error against time.
+"""Training benchmark: default ``mlff train`` per potential, test error against time (ethanol by
+default, any extxyz with ``--data``).
 
 The split of the issue: the 2,000 frames of ``ethanol_gfn2_500K.extxyz`` permuted with
 ``numpy.random.default_rng(42).permutation``, the first 1,000 for training (of which the default
-5 % are held out for validation), the other 1,000 for testing. Each potential is trained with
+5 % are held out for validation), the other 1,000 for testing. Data whose frames carry a
+``trajectory`` tag (``benchmarks/make_reference_data.py``, ``data/``) is split by trajectory
+instead: the last one is the test set (``--split``). Each potential is trained with
 the default options of ``mlff train`` (the run's own time limit unless ``--time-limit`` is
 given); every ``--every`` seconds of training the EMA weights are evaluated on the test set with
 the training clock paused, so the curve is test force MAE against training wall time.
@@ -21,6 +24,7 @@ are printed. Record results in docs/measurements.md with the command, date and m
     python benchmarks/train_ethanol.py --set batch_size=32 --set lr=0.01   # try options
     python benchmarks/train_ethanol.py --mace-python /path/macevenv/bin/python   # and MACE
     python benchmarks/train_ethanol.py --mace-python PATH --match-mace-time  # mlff at MACE's time
+    python benchmarks/train_ethanol.py --data data/paracetamol_gfn2_500K.extxyz --work bench_para
 
 Prints a table per potential and one JSON object (``--json-out`` writes it to a file too).
 """
@@ -40,17 +44,38 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol_gfn2_500K.extxyz"
 
 
-def write_split(data: Path, work: Path) -> tuple[Path, Path]:
-    """Write the issue's train/test split of ``data`` to ``work`` (once)."""
+def write_split(data: Path, work: Path, split: str = "auto") -> tuple[Path, Path]:
+    """Write a train/test split of ``data`` to ``work`` (once).
+
+    ``random``: the issue's split, frames permuted with ``default_rng(42)``, the first 1,000 for
+    training. ``trajectory``: the frames of the last trajectory (their ``trajectory`` info, as
+    ``benchmarks/make_reference_data.py`` writes it) are the test set, the others the training
+    set, so no test frame comes from a run the model trained on. ``auto``: ``trajectory`` when
+    every frame has the tag, else ``random``.
+    """
     import ase.io
 
-    train, test = work / "ethanol_train.extxyz", work / "ethanol_test.extxyz"
-    if not (train.is_file() and test.is_file()):
-        frames = ase.io.read(str(data), index=":")
+    stem = data.name.split(".")[0]
+    train, test = work / f"{stem}_{split}_train.extxyz", work / f"{stem}_{split}_test.extxyz"
+    if train.is_file() and test.is_file():
+        return train, test
+    frames = ase.io.read(str(data), index=":")
+    tags = [frame.info.get("trajectory") for frame in frames]
+    if split == "trajectory" and None in tags:
+        sys.exit(f"--split trajectory: {data} frame {tags.index(None)} has no trajectory tag")
+    if split == "trajectory" or (split == "auto" and None not in tags):
+        last = max(tags)
+        train_frames = [f for f, t in zip(frames, tags, strict=True) if t != last]
+        test_frames = [f for f, t in zip(frames, tags, strict=True) if t == last]
+    else:
         order = np.random.default_rng(42).permutation(len(frames))
-        work.mkdir(parents=True, exist_ok=True)
-        ase.io.write(str(train), [frames[i] for i in order[:1000]])
-        ase.io.write(str(test), [frames[i] for i in order[1000:]])
+        train_frames = [frames[i] for i in order[:1000]]
+        test_frames = [frames[i] for i in order[1000:]]
+    if not train_frames or not test_frames:
+        sys.exit(f"{data}: the split leaves no training or no test frames")
+    work.mkdir(parents=True, exist_ok=True)
+    ase.io.write(str(train), train_frames)
+    ase.io.write(str(test), test_frames)
     return train, test
 
 
@@ -164,7 +189,7 @@ def run_mace(train: Path, test: Path, work: Path, args) -> dict:
     return result
 
 
-def plot_curves(results: list[dict], mace: dict | None, path: Path) -> None:
+def plot_curves(results: list[dict], mace: dict | None, path: Path, title: str) -> None:
     """Test force MAE against training time, one line per run, MACE (when run) as a star."""
     import matplotlib
 
@@ -188,7 +213,7 @@ def plot_curves(results: list[dict], mace: dict | None, path: Path) -> None:
     axis.set_yscale("log")
     axis.set_xlabel(f"training time ({results[0]['clock']} clock), min")
     axis.set_ylabel("test force MAE (meV/Å)")
-    axis.set_title("ethanol GFN2 500 K, 1,000 training frames")
+    axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
     figure.savefig(path, dpi=110)
@@ -224,6 +249,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=Path("bench_ethanol"))
+    parser.add_argument(
+        "--split",
+        choices=["auto", "random", "trajectory"],
+        default="auto",
+        help="test set: the last trajectory of tagged data (auto, trajectory) or the issue's "
+        "random 1,000/rest split (random; auto for untagged data such as the shared ethanol)",
+    )
     parser.add_argument("--potential", action="append", choices=["egnn", "tfn"])
     parser.add_argument("--time-limit", type=float, help="minutes (default: mlff's default)")
     parser.add_argument("--every", type=float, default=60.0, help="seconds between test points")
@@ -266,7 +298,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.mace_python and not args.mace_python.is_file():
         sys.exit(f"--mace-python {args.mace_python}: no such file")
-    train, test = write_split(args.data, args.work)
+    train, test = write_split(args.data, args.work, args.split)
     mace = None
     if args.mace_python and args.match_mace_time:  # MACE first: mlff then gets its time
         mace = run_mace(train, test, args.work, args)
@@ -280,7 +312,7 @@ def main() -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(payload, indent=2))
     if args.plot:
-        plot_curves(results, mace, args.plot)
+        plot_curves(results, mace, args.plot, f"{args.data.name}, test: {test.name}")
 
 
 if __name__ == "__main__":
