@@ -70,6 +70,44 @@ def labelled(atoms: Atoms, trajectory: int, with_stress: bool = False) -> Atoms:
     return frame
 
 
+def langevin_frames(
+    atoms: Atoms,
+    rng: np.random.Generator,
+    trajectory: int,
+    *,
+    temperature_k: float,
+    timestep_fs: float,
+    friction_per_fs: float,
+    equilibration_steps: int,
+    steps_per_frame: int,
+    frames: int,
+    molecule: bool,
+) -> list[Atoms]:
+    """``frames`` labelled frames of Langevin MD of ``atoms`` (its calculator set): momenta
+    drawn at ``temperature_k`` with no drift (and, for a ``molecule``, no rotation), the centre
+    of mass fixed, ``equilibration_steps`` first, then a frame every ``steps_per_frame`` steps;
+    periodic frames (not a ``molecule``) carry the stress too."""
+    thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
+    Stationary(atoms)
+    if molecule:
+        ZeroRotation(atoms)
+    atoms.set_constraint(FixCom())
+    dynamics = Langevin(
+        atoms,
+        timestep_fs * units.fs,
+        temperature_K=temperature_k,
+        friction=friction_per_fs / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    dynamics.run(equilibration_steps)
+    out = []
+    for _ in range(frames):
+        dynamics.run(steps_per_frame)
+        out.append(labelled(atoms, trajectory, with_stress=not molecule))
+    return out
+
+
 def starting_geometry(smiles: str, seed: int) -> Atoms:
     """3D coordinates of ``smiles`` with hydrogens: RDKit's ETKDG embedding, MMFF-relaxed."""
     from rdkit import Chem
@@ -94,24 +132,18 @@ def molecule_trajectory(
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     BFGS(atoms, logfile=None).run(fmax=0.05, steps=200)
     rng = np.random.default_rng([seed, trajectory])
-    thermalize_momenta(atoms, temperature_K=500.0, rng=rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    atoms.set_constraint(FixCom())
-    dynamics = Langevin(
+    return langevin_frames(
         atoms,
-        TIMESTEP_FS * units.fs,
-        temperature_K=500.0,
-        friction=FRICTION_PER_FS / units.fs,
-        fixcm=False,
-        rng=rng,
+        rng,
+        trajectory,
+        temperature_k=500.0,
+        timestep_fs=TIMESTEP_FS,
+        friction_per_fs=FRICTION_PER_FS,
+        equilibration_steps=round(equilibration_ps * 1000.0 / TIMESTEP_FS),
+        steps_per_frame=STEPS_PER_FRAME,
+        frames=frames,
+        molecule=True,
     )
-    dynamics.run(round(equilibration_ps * 1000.0 / TIMESTEP_FS))
-    out = []
-    for _ in range(frames):
-        dynamics.run(STEPS_PER_FRAME)
-        out.append(labelled(atoms, trajectory))
-    return out
 
 
 def alloy_trajectory(trajectory: int, frames: int, seed: int) -> list[Atoms]:
@@ -132,24 +164,18 @@ def alloy_trajectory(trajectory: int, frames: int, seed: int) -> list[Atoms]:
     strain = 0.5 * (strain + strain.T)
     atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
     atoms.calc = EMT()
-    temperature = rng.uniform(300.0, 1200.0)
-    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-    Stationary(atoms)
-    atoms.set_constraint(FixCom())
-    dynamics = Langevin(
+    return langevin_frames(
         atoms,
-        2.0 * units.fs,
-        temperature_K=temperature,
-        friction=0.02 / units.fs,
-        fixcm=False,
-        rng=rng,
+        rng,
+        trajectory,
+        temperature_k=rng.uniform(300.0, 1200.0),
+        timestep_fs=2.0,
+        friction_per_fs=0.02,
+        equilibration_steps=500,
+        steps_per_frame=20,
+        frames=frames,
+        molecule=False,
     )
-    dynamics.run(500)
-    out = []
-    for _ in range(frames):
-        dynamics.run(20)
-        out.append(labelled(atoms, trajectory, with_stress=True))
-    return out
 
 
 def _molecule_job(job: tuple) -> tuple[str, int, list[Atoms], float]:
