@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "relax": "relax:relax",
     "check": "check:check",
     "bench": "bench:bench",
+    "serve": "serve:serve",
 }
 
 _SHORT_HELP = {
@@ -27,6 +28,7 @@ _SHORT_HELP = {
     "relax": "Relax structures (positions, optionally the cell).",
     "check": "Report a model's rotational/reflection/permutation covariance on a structure.",
     "bench": "Measure MD speed and memory of a model on a structure.",
+    "serve": "Answer a running i-PI's force requests (path integrals and more) with a model.",
 }
 
 
