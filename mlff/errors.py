@@ -25,3 +25,7 @@ class DataError(MLFFError):
 
 class CovarianceError(MLFFError):
     """The runtime covariance check failed and the user asked to stop on failure."""
+
+
+class LAMMPSError(MLFFError):
+    """A LAMMPS set-up that cannot reproduce the model: element map, cutoff, ghost shell."""

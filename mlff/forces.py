@@ -147,3 +147,34 @@ def stress_from_strain(strain_derivative: torch.Tensor, volume: torch.Tensor) ->
     safe_volume = torch.where(volume > 0, volume, torch.ones_like(volume))
     stress = strain_derivative / safe_volume.view(-1, 1, 1)
     return torch.where(volume.view(-1, 1, 1) > 0, stress, torch.zeros_like(stress))
+
+
+def pair_forces(
+    model,
+    species: torch.Tensor,
+    edge_index: torch.Tensor,
+    edge_vectors: torch.Tensor,
+    counted: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Energies and their gradients with respect to the edge vectors (no positions, no cell).
+
+    For engines that hand over pair vectors instead of positions (LAMMPS's ML-IAP). Only the
+    atoms where ``counted`` (n_atoms,) bool is True add to the energy; the others (ghost atoms)
+    only pass messages. ``edge_vectors`` (n_edges, 3) Å, ``x_j - x_i`` of ``edge_index``
+    (2, n_edges) as in :class:`~mlff.graph.AtomicGraph`; ``species`` (n_atoms,) model indices.
+
+    Returns ``energies`` (n_atoms,) eV float64 (zero where not counted), ``energy`` () eV, and
+    ``pair_gradients`` (n_edges, 3) eV/Å, ``dE/d(edge vector)``: the force on ``i`` from the
+    edge is ``+g``, on ``j`` it is ``-g``, and the virial is ``-sum_e r_e ⊗ g_e``.
+    """
+    vectors = edge_vectors.detach().to(model.dtype).requires_grad_(True)
+    with single_thread_below(vectors.shape[0], SINGLE_THREAD_EDGES_EAGER, vectors.device):
+        energies = model.atomic_energies(species, edge_index, vectors)
+        energies = torch.where(counted, energies, torch.zeros_like(energies))
+        energy = energies.sum()
+        gradient = None
+        if energy.requires_grad:  # not without edges (and frozen weights)
+            (gradient,) = torch.autograd.grad(energy, [vectors], allow_unused=True)
+    if gradient is None:  # no edge reaches a counted atom
+        gradient = torch.zeros_like(vectors)
+    return {"energy": energy.detach(), "energies": energies.detach(), "pair_gradients": gradient}

