@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "relax": "relax:relax",
     "check": "check:check",
     "bench": "bench:bench",
+    "export-lammps": "export_lammps:export_lammps",
     "serve": "serve:serve",
 }
 
@@ -28,6 +29,7 @@ _SHORT_HELP = {
     "relax": "Relax structures (positions, optionally the cell).",
     "check": "Report a model's rotational/reflection/permutation covariance on a structure.",
     "bench": "Measure MD speed and memory of a model on a structure.",
+    "export-lammps": "Write a model for LAMMPS (pair_style mliap unified) and its input lines.",
     "serve": "Answer a running i-PI's force requests (path integrals and more) with a model.",
 }
 
