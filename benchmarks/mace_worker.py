@@ -24,7 +24,8 @@ Subcommands (each prints one JSON object on its last stdout line):
   ending the process.
 * ``train TRAIN TEST --epochs 20``: runs ``python -m mace.cli.run_train`` on TRAIN (5 % held out
   for validation; batch 10, EMA, lr 0.01, loss weights energy 1 / forces 100, float32: the
-  settings of the MACE reference in issue 3) and reports its time (the whole process, data
+  settings of the MACE reference in issue 3; with stress, MACE's ``stress`` loss at weight 1, as
+  ``mlff train``'s) and reports its time (the whole process, data
   loading and statistics included) and the test-set errors of the model it wrote, in the units
   mlff's benchmarks use.
 
@@ -266,38 +267,57 @@ def calls(args: argparse.Namespace) -> dict:
 
 
 def errors(model_path: Path, test: Path, device: str, dtype: str) -> dict:
-    """Test-set MAE/RMSE: forces in meV/Å over components, energies in meV/atom."""
+    """Test-set MAE/RMSE: forces in meV/Å over components, energies in meV/atom, stress (where
+    labelled) in meV/Å³ over the 6 Voigt components, as mlff's evaluation reports them."""
     import ase.io
     from mace.calculators import MACECalculator
 
     calc = MACECalculator(model_paths=str(model_path), device=device, default_dtype=dtype)
-    df, de = [], []
+    df, de, ds = [], [], []
     for atoms in ase.io.read(str(test), index=":"):
         reference_e, reference_f = atoms.info["REF_energy"], atoms.arrays["REF_forces"]
+        reference_s = atoms.info.get("REF_stress")
         atoms.calc = calc
         df.append((atoms.get_forces() - reference_f).ravel())
         de.append((atoms.get_potential_energy() - reference_e) / len(atoms))
+        if reference_s is not None:
+            ds.append(atoms.get_stress(voigt=True) - np.asarray(reference_s))
     df, de = 1e3 * np.concatenate(df), 1e3 * np.asarray(de)
-    return {
+    result = {
         "forces_mae_mev_per_a": float(np.abs(df).mean()),
         "forces_rmse_mev_per_a": float(np.sqrt((df**2).mean())),
         "energy_mae_mev_per_atom": float(np.abs(de).mean()),
         "energy_rmse_mev_per_atom": float(np.sqrt((de**2).mean())),
     }
+    if ds:
+        ds = 1e3 * np.concatenate(ds)
+        result["stress_mae_mev_per_a3"] = float(np.abs(ds).mean())
+        result["stress_rmse_mev_per_a3"] = float(np.sqrt((ds**2).mean()))
+    return result
 
 
-def with_ref_keys(source: Path, target: Path) -> Path:
-    """Copy frames with energies and forces under MACE's REF_energy / REF_forces keys."""
+def with_ref_keys(source: Path, target: Path) -> tuple[Path, bool]:
+    """Copy frames with energies, forces and (where every frame has one) the stress under MACE's
+    REF_energy / REF_forces / REF_stress keys (stress in eV/Å³, ASE's sign, Voigt order).
+    Returns the file and whether it holds stress."""
     import ase.io
+    from ase.calculators.calculator import PropertyNotImplementedError
 
     frames = ase.io.read(str(source), index=":")
+    with_stress = True
     for atoms in frames:
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        try:
+            stress = atoms.get_stress(voigt=True)
+        except (PropertyNotImplementedError, RuntimeError):
+            stress, with_stress = None, False
         atoms.calc = None
         atoms.info["REF_energy"] = energy
         atoms.arrays["REF_forces"] = forces
+        if stress is not None:
+            atoms.info["REF_stress"] = stress
     ase.io.write(str(target), frames)
-    return target
+    return target, with_stress
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -306,8 +326,8 @@ def train(args: argparse.Namespace) -> dict:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    train_file = with_ref_keys(args.train, work / "train_ref.extxyz")
-    test_file = with_ref_keys(args.test, work / "test_ref.extxyz")
+    train_file, with_stress = with_ref_keys(args.train, work / "train_ref.extxyz")
+    test_file, _ = with_ref_keys(args.test, work / "test_ref.extxyz")
     command = [
         sys.executable, "-m", "mace.cli.run_train", "--name", "mace", "--model", "MACE",
         "--train_file", str(train_file), "--valid_fraction", "0.05",
@@ -318,6 +338,9 @@ def train(args: argparse.Namespace) -> dict:
         "--default_dtype", args.dtype, "--device", args.device, "--seed", str(args.seed),
         "--ema", "--lr", "0.01", "--energy_weight", "1.0", "--forces_weight", "100.0",
     ]  # fmt: skip
+    if with_stress:  # mlff train's stress weight (eV/Å³ squared errors) and MACE's stress loss
+        command += ["--stress_key", "REF_stress", "--loss", "stress", "--stress_weight", "1.0"]
+        command += ["--compute_stress", "True"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

@@ -24,6 +24,7 @@ are printed. Record results in docs/measurements.md with the command, date and m
     python benchmarks/train_ethanol.py --set batch_size=32 --set lr=0.01   # try options
     python benchmarks/train_ethanol.py --mace-python /path/macevenv/bin/python   # and MACE
     python benchmarks/train_ethanol.py --mace-python PATH --match-mace-time  # mlff at MACE's time
+    python benchmarks/train_ethanol.py --mace-python PATH --match-mace-time --fractions 1,0.333
     python benchmarks/train_ethanol.py --data data/paracetamol_gfn2_500K.extxyz --work bench_para
 
 Prints a table per potential and one JSON object (``--json-out`` writes it to a file too).
@@ -47,11 +48,11 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol
 def write_split(data: Path, work: Path, split: str = "auto") -> tuple[Path, Path]:
     """Write a train/test split of ``data`` to ``work`` (once).
 
-    ``random``: the issue's split, frames permuted with ``default_rng(42)``, the first 1,000 for
-    training. ``trajectory``: the frames of the last trajectory (their ``trajectory`` info, as
-    ``benchmarks/make_reference_data.py`` writes it) are the test set, the others the training
-    set, so no test frame comes from a run the model trained on. ``auto``: ``trajectory`` when
-    every frame has the tag, else ``random``.
+    ``random``: the issue's split, frames permuted with ``default_rng(42)``, the first 1,000 (at
+    most half of the frames) for training. ``trajectory``: the frames of the last trajectory
+    (their ``trajectory`` info, as ``benchmarks/make_reference_data.py`` writes it) are the test
+    set, the others the training set, so no test frame comes from a run the model trained on.
+    ``auto``: ``trajectory`` when every frame has the tag, else ``random``.
     """
     import ase.io
 
@@ -69,8 +70,9 @@ def write_split(data: Path, work: Path, split: str = "auto") -> tuple[Path, Path
         test_frames = [f for f, t in zip(frames, tags, strict=True) if t == last]
     else:
         order = np.random.default_rng(42).permutation(len(frames))
-        train_frames = [frames[i] for i in order[:1000]]
-        test_frames = [frames[i] for i in order[1000:]]
+        n_train = min(1000, len(frames) // 2)
+        train_frames = [frames[i] for i in order[:n_train]]
+        test_frames = [frames[i] for i in order[n_train:]]
     if not train_frames or not test_frames:
         sys.exit(f"{data}: the split leaves no training or no test frames")
     work.mkdir(parents=True, exist_ok=True)
@@ -85,8 +87,11 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
-def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
-    """Train one potential with default options (plus ``--set``); return its curve and figures."""
+def run(
+    potential: str, train: Path, test: Path, work: Path, args, time_limit: float | None, label: str
+) -> dict:
+    """Train one potential with default options (plus ``--set``) for ``time_limit`` minutes (None:
+    mlff's default); return its curve and figures under ``label``."""
     import torch
 
     from mlff.training import run_training
@@ -94,9 +99,9 @@ def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
     from mlff.training.dataset import GraphSet
     from mlff.training.evaluation import evaluate_set
 
-    values = {"data": [str(train)], "out": str(work / f"run_{potential}"), "potential": potential}
-    if args.time_limit is not None:
-        values["time_limit"] = args.time_limit
+    values = {"data": [str(train)], "out": str(work / f"run_{label}"), "potential": potential}
+    if time_limit is not None:
+        values["time_limit"] = time_limit
     for item in args.set:
         key, _, text = item.partition("=")
         values[key] = _parse_value(text)
@@ -127,7 +132,7 @@ def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
         }
         curve.append(point)
         print(
-            f"  [{potential}] {now:7.1f} s  epoch {point['epoch']:4d}  test F MAE "
+            f"  [{label}] {now:7.1f} s  epoch {point['epoch']:4d}  test F MAE "
             f"{point['forces_mae_mev_per_a']:7.2f} meV/Å  E MAE "
             f"{point['energy_mae_mev_per_atom']:6.2f} meV/atom",
             file=sys.stderr,
@@ -144,23 +149,24 @@ def run(potential: str, train: Path, test: Path, work: Path, args) -> dict:
         clock=time.process_time if args.clock == "cpu" else None,
     )
     final = evaluate_set(__import__("mlff").load_model(out / "model.pt"), test_set, 100).figures()
+    figures = (
+        "forces_mae_mev_per_a",
+        "forces_rmse_mev_per_a",
+        "energy_mae_mev_per_atom",
+        "energy_rmse_mev_per_atom",
+        "stress_mae_mev_per_a3",
+        "stress_rmse_mev_per_a3",
+    )
     return {
         "potential": potential,
+        "label": label,
         "options": values,
         "clock": args.clock,
         "training_time_s": round(result.elapsed_s, 1),
         "total_time_s": round(time.perf_counter() - start, 1),
         "epochs": result.epochs,
         "stopped": result.stopped,
-        "test_model_pt": {
-            k: final[k]
-            for k in (
-                "forces_mae_mev_per_a",
-                "forces_rmse_mev_per_a",
-                "energy_mae_mev_per_atom",
-                "energy_rmse_mev_per_atom",
-            )
-        },
+        "test_model_pt": {k: final[k] for k in figures if final.get(k) is not None},
         "curve": curve,
     }
 
@@ -200,7 +206,7 @@ def plot_curves(results: list[dict], mace: dict | None, path: Path, title: str) 
     for result in results:
         times = [p["training_time_s"] / 60 for p in result["curve"]]
         errors = [p["forces_mae_mev_per_a"] for p in result["curve"]]
-        axis.plot(times, errors, marker="o", markersize=3, label=f"mlff {result['potential']}")
+        axis.plot(times, errors, marker="o", markersize=3, label=f"mlff {result['label']}")
     if mace:
         axis.plot(
             [mace["training_time_s"] / 60],
@@ -221,28 +227,33 @@ def plot_curves(results: list[dict], mace: dict | None, path: Path, title: str) 
 
 
 def print_table(results: list[dict], mace: dict | None) -> None:
-    """One row per run (test set), then MACE's row and the mlff/MACE ratios when MACE ran."""
+    """MACE's row first (when it ran), then one row per mlff run (test set), then the mlff/MACE
+    ratios. Stress MAE (meV/Å³) where the test set has stress."""
     print(
-        f"{'model':10s} {'train s':>8s} {'epochs':>6s} {'F MAE':>8s} {'F RMSE':>8s} "
-        f"{'E MAE':>8s}   (test, meV/Å and meV/atom)"
+        f"{'model':14s} {'train s':>8s} {'epochs':>6s} {'F MAE':>8s} {'F RMSE':>8s} "
+        f"{'E MAE':>8s} {'S MAE':>8s}   (test; meV/Å, meV/atom, meV/Å³)"
     )
-    rows = [
-        (r["potential"], r["training_time_s"], r["epochs"], r["test_model_pt"]) for r in results
-    ]
+    rows = [(r["label"], r["training_time_s"], r["epochs"], r["test_model_pt"]) for r in results]
     if mace:
-        rows.append(("MACE", mace["training_time_s"], mace["epochs"], mace["test"]))
+        rows.insert(0, ("MACE", mace["training_time_s"], mace["epochs"], mace["test"]))
     for name, seconds, epochs, t in rows:
+        stress = t.get("stress_mae_mev_per_a3")
         print(
-            f"{name:10s} {seconds:8.0f} {epochs:6d} {t['forces_mae_mev_per_a']:8.2f} "
-            f"{t['forces_rmse_mev_per_a']:8.2f} {t['energy_mae_mev_per_atom']:8.2f}"
+            f"{name:14s} {seconds:8.0f} {epochs:6d} {t['forces_mae_mev_per_a']:8.2f} "
+            f"{t['forces_rmse_mev_per_a']:8.2f} {t['energy_mae_mev_per_atom']:8.2f} "
+            f"{'-' if stress is None else f'{stress:.3f}':>8s}"
         )
     for r in results if mace else []:
         t, m = r["test_model_pt"], mace["test"]
-        print(
-            f"{r['potential']} / MACE: time x{r['training_time_s'] / mace['training_time_s']:.2f}, "
+        line = (
+            f"{r['label']} / MACE: time x{r['training_time_s'] / mace['training_time_s']:.2f}, "
             f"force MAE x{t['forces_mae_mev_per_a'] / m['forces_mae_mev_per_a']:.2f}, "
             f"energy MAE x{t['energy_mae_mev_per_atom'] / m['energy_mae_mev_per_atom']:.2f}"
         )
+        if t.get("stress_mae_mev_per_a3") and m.get("stress_mae_mev_per_a3"):
+            ratio = t["stress_mae_mev_per_a3"] / m["stress_mae_mev_per_a3"]
+            line += f", stress MAE x{ratio:.2f}"
+        print(line)
 
 
 def main() -> None:
@@ -286,6 +297,12 @@ def main() -> None:
         help="train MACE first and give mlff exactly MACE's training time (overrides --time-limit)",
     )
     parser.add_argument(
+        "--fractions",
+        default="1",
+        help="with --match-mace-time: comma-separated fractions of MACE's time, one mlff run "
+        "each (the issue's table: 1,0.333)",
+    )
+    parser.add_argument(
         "--mace-threads",
         type=int,
         default=0,
@@ -300,10 +317,17 @@ def main() -> None:
         sys.exit(f"--mace-python {args.mace_python}: no such file")
     train, test = write_split(args.data, args.work, args.split)
     mace = None
+    limits: list[tuple[float | None, str]] = [(args.time_limit, "")]
     if args.mace_python and args.match_mace_time:  # MACE first: mlff then gets its time
         mace = run_mace(train, test, args.work, args)
-        args.time_limit = mace["training_time_s"] / 60.0
-    results = [run(p, train, test, args.work, args) for p in (args.potential or ["egnn"])]
+        fractions = [float(f) for f in args.fractions.split(",")]
+        minutes = mace["training_time_s"] / 60.0
+        limits = [(f * minutes, "" if f == 1 else f"@{f:g}") for f in fractions]
+    results = [
+        run(p, train, test, args.work, args, limit, p + suffix)
+        for p in (args.potential or ["egnn"])
+        for limit, suffix in limits
+    ]
     if args.mace_python and mace is None:
         mace = run_mace(train, test, args.work, args)
     print_table(results, mace)
