@@ -106,6 +106,9 @@ class MLIAPAdapter:
     def compute_forces(self, data) -> None:
         """Energies and pair forces of one rank's atoms, written into LAMMPS's ``data``."""
         pairs = PairList.from_data(data)
+        if pairs.list_atoms.size == 0:  # a rank without atoms (LAMMPS's arrays may be NULL)
+            data.energy = 0.0
+            return
         energies, gradients = self.evaluate(pairs)
         data.eatoms = np.ascontiguousarray(energies[pairs.list_atoms])
         data.energy = float(energies.sum())

@@ -39,6 +39,7 @@ class PairList:
         npairs = int(data.npairs)
         nlocal = int(data.nlocal)
         nlistatoms = int(data.nlistatoms)
+        ntotal = int(data.ntotal)
         iatoms = getattr(data, "iatoms", None)
         list_atoms = np.arange(nlistatoms) if iatoms is None else np.asarray(iatoms)[:nlistatoms]
         if npairs:
@@ -49,7 +50,7 @@ class PairList:
             vectors = np.zeros((0, 3))
         return cls(
             nlocal=nlocal,
-            elements=np.array(data.elems, dtype=np.int64)[: int(data.ntotal)],
+            elements=np.array(data.elems if ntotal else [], dtype=np.int64)[:ntotal],
             pair_i=pair_i[:npairs].astype(np.int64),
             pair_j=pair_j[:npairs].astype(np.int64),
             vectors=np.array(vectors[:npairs], dtype=np.float64),

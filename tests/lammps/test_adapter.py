@@ -19,7 +19,7 @@ from mlff.errors import LAMMPSError
 from mlff.lammps import MLIAPAdapter, message_passing_depth
 from mlff.lammps.files import settings_for
 from tests.conftest import randomise
-from tests.lammps.stand_in import domains
+from tests.lammps.stand_in import StandInData, domains
 
 TOLERANCE = 1e-8  # eV, eV/Å, eV (virial)
 CUTOFF = 3.0  # Å: the 12 nearest neighbours in fcc Cu
@@ -193,3 +193,11 @@ def test_a_rank_without_pairs():
     assert data.npairs == 0
     adapter.compute_forces(data)
     assert data.energy == pytest.approx(reference(model, atoms)[0], abs=TOLERANCE)
+
+
+def test_a_rank_without_atoms():
+    adapter = MLIAPAdapter(model_named("egnn-3"))
+    data = StandInData(0, [], [], [], np.zeros((0, 3)))
+    data.elems = None  # LAMMPS's NULL arrays
+    adapter.compute_forces(data)
+    assert data.energy == 0.0
