@@ -83,6 +83,9 @@ class EGNN(nn.Module):
             node update (0: none, the original EGNN).
         angular_order: highest degree l of the direction channels (1, 2 or 3).
         layer_readouts: add a linear energy readout of every layer but the last.
+        angular_invariants: "norms" (``|A_l|²`` per channel) or "many_body" (the channels'
+            Gram matrices and the products ``Y_l(A_1) · A_l``), see
+            :meth:`EquivariantGraphConv.invariants`.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class EGNN(nn.Module):
         angular_channels: int = 0,
         angular_order: int = 1,
         layer_readouts: bool = False,
+        angular_invariants: str = "norms",
     ) -> None:
         super().__init__()
         if int(angular_channels) < 0:
@@ -125,6 +129,7 @@ class EGNN(nn.Module):
                 coordinate_updates and k < num_layers - 1,
                 int(angular_channels),
                 int(angular_order),
+                angular_invariants,
             )
             for k in range(num_layers)
         )
@@ -153,10 +158,11 @@ class EGNN(nn.Module):
         coefficients, whose harmonics are no longer exactly a rotation's representation (forces
         then break rotational covariance at ~1e-7 relative instead of round-off)."""
         super()._apply(fn, recurse)
-        if self.harmonic_matrix is not None:
-            rounded = self.harmonic_matrix
-            exact = harmonic_matrix(self.angular_order)
-            self.harmonic_matrix = exact.to(device=rounded.device, dtype=rounded.dtype)
+        for module in [self, *self.layers]:
+            rounded = getattr(module, "harmonic_matrix", None)
+            if rounded is not None:
+                exact = harmonic_matrix(self.angular_order)
+                module.harmonic_matrix = exact.to(device=rounded.device, dtype=rounded.dtype)
         return self
 
     def forward(

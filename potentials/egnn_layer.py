@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from .blocks import NeighbourBlocks
+from .harmonics import harmonic_matrix, real_harmonics
 from .layers import gather, mlp, scatter_sum
+
+# the rotation invariants of the direction densities fed to the node update (see
+# EquivariantGraphConv.invariants)
+ANGULAR_INVARIANTS = ("norms", "gram", "many_body")
 
 
 class EquivariantGraphConv(nn.Module):
@@ -25,8 +30,14 @@ class EquivariantGraphConv(nn.Module):
         coordinate_updates: bool,
         angular_channels: int = 0,
         angular_order: int = 1,
+        angular_invariants: str = "norms",
     ) -> None:
         super().__init__()
+        if angular_invariants not in ANGULAR_INVARIANTS:
+            raise ValueError(
+                f"EGNN angular_invariants must be one of {ANGULAR_INVARIANTS}, "
+                f"got {angular_invariants!r}"
+            )
         self.centre_linear = nn.Linear(features, features, bias=True)
         self.neighbour_linear = nn.Linear(features, features, bias=False)
         self.radial_linear = nn.Linear(n_basis + edge_features_in, features, bias=False)
@@ -48,7 +59,21 @@ class EquivariantGraphConv(nn.Module):
         self.register_buffer(
             "degree_mask", (degree[:, None] == channel_degree[None, :]).float(), persistent=False
         )
-        self.node_mlp = mlp([2 * features + n_angular, features, features])
+        self.gram = angular_invariants in ("gram", "many_body") and self.angular_channels > 0
+        self.many_body = self.gram and angular_invariants == "many_body"
+        n_invariants = n_angular
+        if self.gram:
+            rows, columns = torch.triu_indices(self.angular_channels, self.angular_channels)
+            pairs = rows * self.angular_channels + columns  # c <= c' in a flattened C x C
+            self.register_buffer("channel_pairs", pairs, persistent=False)
+            n_invariants = self.angular_order * pairs.shape[0]
+        if self.many_body:
+            n_invariants += (self.angular_order - 1) * self.angular_channels
+            # exact coefficients of the solid harmonics (remade by the EGNN after a dtype change)
+            self.register_buffer(
+                "harmonic_matrix", harmonic_matrix(self.angular_order), persistent=False
+            )
+        self.node_mlp = mlp([2 * features + n_invariants, features, features])
         self.coordinate_mlp = mlp([features, features, 1]) if coordinate_updates else None
 
     def edge_sums(
@@ -129,9 +154,36 @@ class EquivariantGraphConv(nn.Module):
         return message * (torch.sigmoid(self.gate(message)) * envelope.unsqueeze(-1))
 
     def invariants(self, densities: torch.Tensor) -> torch.Tensor:
-        """(n, order * C) ``|A_i,l|²`` of the densities (n, M, order * C): each degree's
-        channels summed over that degree's components only."""
-        return (densities.pow(2) * self.degree_mask).sum(1)
+        """Rotation invariants of the densities ``A_l`` (n, M, order * C).
+
+        ``"norms"``: (n, order * C) ``|A_i,l,c|²``, each degree's channels summed over that
+        degree's components only (three-body terms). ``"gram"``: for every degree the channels'
+        Gram matrix ``A_l,c · A_l,c'`` (c <= c'; three-body terms between channels),
+        (n, order * C(C+1)/2). ``"many_body"``: the Gram matrices, then, per channel,
+        ``Y_l(A_1,c) · A_l,c`` for l = 2..order with ``Y_l`` the solid harmonic of degree l
+        evaluated on the vector density (four- and five-body terms, as in MACE's higher
+        correlation orders); (n, order * C(C+1)/2 + (order - 1) * C).
+        """
+        if not self.gram:
+            return (densities.pow(2) * self.degree_mask).sum(1)
+        channels, first, parts, per_degree = self.angular_channels, 0, [], []
+        for degree in range(1, self.angular_order + 1):
+            span = slice((degree - 1) * channels, degree * channels)
+            density = densities[:, first : first + 2 * degree + 1, span]  # (n, 2l + 1, C)
+            first += 2 * degree + 1
+            per_degree.append(density)
+            gram = torch.bmm(density.transpose(1, 2), density).flatten(1)
+            parts.append(gram.index_select(1, self.channel_pairs))
+        if self.many_body and self.angular_order > 1:
+            vector = per_degree[0].transpose(1, 2)  # (n, C, 3)
+            solid = real_harmonics(vector, self.angular_order, self.harmonic_matrix)
+            first = 3
+            for degree in range(2, self.angular_order + 1):
+                width = 2 * degree + 1
+                product = solid[..., first : first + width] * per_degree[degree - 1].transpose(1, 2)
+                parts.append(product.sum(-1))
+                first += width
+        return torch.cat(parts, dim=-1)
 
     def block_sums(
         self,

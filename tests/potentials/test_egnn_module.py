@@ -36,10 +36,12 @@ def naive_energies(model: EGNN, node_features, edge_features, edge_index, vector
             c = layer.angular_channels
             psi = layer.angular_linear(message)
             y = real_harmonics(vectors / lengths[:, None], layer.angular_order)
+            densities = []
             for l in range(1, layer.angular_order + 1):
                 y_l = y[:, l * l - 1 : (l + 1) ** 2 - 1]  # (E, 2l+1)
                 outer = y_l[:, :, None] * psi[:, None, (l - 1) * c : l * c]  # (E, 2l+1, C)
-                parts.append((scatter_sum(outer, centre, n_atoms) * inv_n).pow(2).sum(1))
+                densities.append(scatter_sum(outer, centre, n_atoms) * inv_n)  # (n, 2l+1, C)
+            parts.extend(naive_invariants(layer, densities))
         h = h + layer.node_mlp(torch.cat(parts, dim=-1))
         if layer.coordinate_mlp is not None:
             weights = layer.coordinate_mlp(message) * (envelope / (lengths + 1.0))[:, None]
@@ -51,6 +53,31 @@ def naive_energies(model: EGNN, node_features, edge_features, edge_index, vector
         if model.layer_readouts is not None and k < len(model.layer_readouts):
             energies = energies + model.layer_readouts[k](h).squeeze(-1)
     return energies + model.readout(h).squeeze(-1)
+
+
+def naive_invariants(layer, densities: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The layer's invariants of the densities A_l (n, 2l+1, C), l = 1..order, term by term."""
+    if not layer.gram:
+        return [a.pow(2).sum(1) for a in densities]
+    c = layer.angular_channels
+    parts = []
+    for a in densities:  # Gram matrix entries, c <= c'
+        parts.append(
+            torch.stack(
+                [(a[:, :, p] * a[:, :, q]).sum(1) for p in range(c) for q in range(p, c)], dim=-1
+            )
+        )
+    if layer.many_body:
+        for l in range(2, layer.angular_order + 1):  # Y_l(A_1,c) . A_l,c
+            solid = torch.stack(
+                [
+                    real_harmonics(densities[0][:, :, k], l)[:, l * l - 1 : (l + 1) ** 2 - 1]
+                    for k in range(c)
+                ],
+                dim=-1,
+            )
+            parts.append((solid * densities[l - 1]).sum(1))
+    return parts
 
 
 def cluster(n_atoms: int = 14, seed: int = 0):
@@ -99,6 +126,19 @@ OPTIONS = {
         "layer_readouts": True,
     },
     "angular-coords": {"angular_channels": 2, "angular_order": 2, "coordinate_updates": True},
+    "gram": {"angular_channels": 3, "angular_order": 2, "angular_invariants": "gram"},
+    "many-body": {
+        "angular_channels": 3,
+        "angular_order": 3,
+        "coordinate_updates": False,
+        "angular_invariants": "many_body",
+    },
+    "many-body-coords": {
+        "angular_channels": 2,
+        "angular_order": 2,
+        "coordinate_updates": True,
+        "angular_invariants": "many_body",
+    },
 }
 
 
