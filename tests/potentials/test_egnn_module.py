@@ -233,14 +233,18 @@ def test_real_harmonics_obey_the_addition_theorem(degree):
     torch.testing.assert_close(products, legendre, rtol=0, atol=1e-12)
 
 
-def test_harmonics_stay_exact_through_a_float32_round_trip():
+@pytest.mark.parametrize("invariants", ["norms", "many_body"])
+def test_harmonics_stay_exact_through_a_float32_round_trip(invariants):
     """A model kept in float32 (as training stores it) and run in float64 has the exact
-    harmonic coefficients again, so its energies are rotation invariant to round-off."""
+    harmonic coefficients again (its own and, for the solid harmonics of the many-body
+    invariants, its layers'), so its energies are rotation invariant to round-off."""
     from mlff.potentials.harmonics import harmonic_matrix
 
-    model = make_egnn(angular_channels=4, angular_order=3)
+    model = make_egnn(angular_channels=4, angular_order=3, angular_invariants=invariants)
     model = model.to(torch.float32).to(torch.float64)
     assert torch.equal(model.harmonic_matrix, harmonic_matrix(3))
+    for layer in model.layers if invariants == "many_body" else []:
+        assert torch.equal(layer.harmonic_matrix, harmonic_matrix(3))
     positions, pairs = cluster()
     nodes = torch.randn(len(positions), 5, dtype=torch.float64)
     rotation = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
