@@ -146,7 +146,8 @@ def _options(function):
             None,
             {
                 "type": int,
-                "help": "CPU threads per process (0: one on CPU). Given alone, training runs "
+                "help": "CPU threads per process (0: the available cores shared among the "
+                "training processes). Given alone, training runs "
                 "in one process with this many threads.",
             },
         ),

@@ -45,7 +45,7 @@ from mlff.training.metrics import FIGURES, MetricsLog
 from mlff.training.plots import plot_learning_curves, plot_parity
 from mlff.training.schedule import LearningRateSchedule
 from mlff.training.statistics import data_statistics, read_reference_energies
-from mlff.training.workers import count_workers, worker_processes
+from mlff.training.workers import available_cores, count_workers, worker_processes
 
 MODEL = "model.pt"
 LAST = "checkpoint_last.pt"
@@ -239,6 +239,15 @@ def _refuse_existing_run(out: Path, resume: bool) -> None:
         )
 
 
+def _threads_per_process(device: torch.device, context: Distributed) -> int:
+    """Torch threads of a training process without ``--threads``: on a CPU, the available cores
+    shared among the run's processes (one each when there is a process per core; all of them
+    when a small training set leaves one process), so no core sits idle. 0 on a GPU."""
+    if device.type != "cpu":
+        return 0
+    return max(1, available_cores() // max(1, context.world_size))
+
+
 def _run(
     config, resume, log, monitors, clock, device, context: Distributed, data: Datasets | None = None
 ) -> TrainResult:
@@ -246,7 +255,7 @@ def _run(
     if device.type == "cuda" and context.enabled:
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
-    set_threads(config.threads, device)
+    set_threads(config.threads or _threads_per_process(device, context), device)
     if device.type == "cpu":
         keep_freed_memory()
     out = Path(config.out)

@@ -29,6 +29,20 @@ def test_automatic_count_is_one_per_core_while_each_keeps_its_batches(monkeypatc
     assert count_workers(auto, CUDA, n_batches=100) == 1
 
 
+def test_processes_share_every_core_without_threads_given(monkeypatch):
+    """Without --threads each process gets its share of the cores: one each with a process per
+    core, all of them when a small training set leaves a single process (no idle core)."""
+    from mlff.training import run
+    from mlff.training.distributed import Distributed
+
+    monkeypatch.setattr(run, "available_cores", lambda: 2)
+    assert run._threads_per_process(CPU, Distributed(world_size=2)) == 1
+    assert run._threads_per_process(CPU, Distributed()) == 2
+    assert run._threads_per_process(CUDA, Distributed()) == 0
+    monkeypatch.setattr(run, "available_cores", lambda: 1)
+    assert run._threads_per_process(CPU, Distributed(world_size=2)) == 1
+
+
 def test_explicit_count_is_kept_or_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(workers, "available_cores", lambda: 1)
     assert count_workers(TrainConfig(data=["x"], workers=3), CPU, n_batches=3) == 3
