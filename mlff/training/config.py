@@ -67,8 +67,11 @@ class TrainConfig:
     stress_weight: float = 1.0
     loss: str = "mse"
     huber_delta: float = 0.01
-    batch_size: int = 16
-    lr: float = 0.01
+    # per process: a step takes workers x batch_size frames. Chosen on paracetamol's held-out
+    # trajectory at equal training time (benchmarks/train_ethanol.py; docs/measurements.md,
+    # 2026-12-05): a CPU step costs nearly the same per frame at 8 as at 16, so twice the steps
+    batch_size: int = 8
+    lr: float = 0.02
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup: float = 0.05
@@ -84,7 +87,7 @@ class TrainConfig:
     # running
     device: str = "auto"
     dtype: str = "float32"
-    threads: int = 0  # torch CPU threads per process; 0: one on a CPU
+    threads: int = 0  # torch CPU threads per process; 0: the cores shared among the processes
     workers: int = 0  # training processes; 0: one per CPU core (one with threads or on a GPU)
     eval_batch_size: int = 64
     progress: str = "auto"
