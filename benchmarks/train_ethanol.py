@@ -45,8 +45,11 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol_gfn2_500K.extxyz"
 
 
-def write_split(data: Path, work: Path, split: str = "auto") -> tuple[Path, Path]:
-    """Write a train/test split of ``data`` to ``work`` (once).
+def write_split(
+    data: Path, work: Path, split: str = "auto", max_train: int = 0
+) -> tuple[Path, Path]:
+    """Write a train/test split of ``data`` to ``work`` (once); ``max_train`` > 0 keeps only the
+    first that many training frames (the test set is unchanged).
 
     ``random``: the issue's split, frames permuted with ``default_rng(42)``, the first 1,000 (at
     most half of the frames) for training. ``trajectory``: the frames of the last trajectory
@@ -57,7 +60,8 @@ def write_split(data: Path, work: Path, split: str = "auto") -> tuple[Path, Path
     import ase.io
 
     stem = data.name.split(".")[0]
-    train, test = work / f"{stem}_{split}_train.extxyz", work / f"{stem}_{split}_test.extxyz"
+    train_name = f"{stem}_{split}_train{max_train or ''}.extxyz"
+    train, test = work / train_name, work / f"{stem}_{split}_test.extxyz"
     if train.is_file() and test.is_file():
         return train, test
     frames = ase.io.read(str(data), index=":")
@@ -73,6 +77,8 @@ def write_split(data: Path, work: Path, split: str = "auto") -> tuple[Path, Path
         n_train = min(1000, len(frames) // 2)
         train_frames = [frames[i] for i in order[:n_train]]
         test_frames = [frames[i] for i in order[n_train:]]
+    if max_train > 0:
+        train_frames = train_frames[:max_train]
     if not train_frames or not test_frames:
         sys.exit(f"{data}: the split leaves no training or no test frames")
     work.mkdir(parents=True, exist_ok=True)
@@ -267,6 +273,13 @@ def main() -> None:
         help="test set: the last trajectory of tagged data (auto, trajectory) or the issue's "
         "random 1,000/rest split (random; auto for untagged data such as the shared ethanol)",
     )
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=0,
+        help="keep only the first N training frames (0: all); for large cells, where MACE's 20 "
+        "epochs on every frame would take most of an hour",
+    )
     parser.add_argument("--potential", action="append", choices=["egnn", "tfn"])
     parser.add_argument("--time-limit", type=float, help="minutes (default: mlff's default)")
     parser.add_argument("--every", type=float, default=60.0, help="seconds between test points")
@@ -315,7 +328,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.mace_python and not args.mace_python.is_file():
         sys.exit(f"--mace-python {args.mace_python}: no such file")
-    train, test = write_split(args.data, args.work, args.split)
+    train, test = write_split(args.data, args.work, args.split, args.max_train)
     mace = None
     limits: list[tuple[float | None, str]] = [(args.time_limit, "")]
     if args.mace_python and args.match_mace_time:  # MACE first: mlff then gets its time
