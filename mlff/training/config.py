@@ -68,10 +68,11 @@ class TrainConfig:
     loss: str = "mse"
     huber_delta: float = 0.01
     # per process: a step takes workers x batch_size frames. Chosen on paracetamol's held-out
-    # trajectory at equal training time (benchmarks/train_ethanol.py; docs/measurements.md,
-    # 2026-12-05): a CPU step costs nearly the same per frame at 8 as at 16, so twice the steps
+    # trajectory and on Cu at equal training time (docs/measurements.md, 2026-12-05): a CPU step
+    # costs nearly the same per frame at 8 as at 16, so twice the steps. lr 0.02 did better on
+    # paracetamol but diverged on Cu
     batch_size: int = 8
-    lr: float = 0.02
+    lr: float = 0.01
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup: float = 0.05
