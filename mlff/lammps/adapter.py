@@ -31,10 +31,9 @@ for the ghosts, and recompute the ghosts' features redundantly. mlff takes (b), 
   skin). Its cost is the redundant work on ghosts. Only the pairs whose centre lies within
   ``D - 1`` hops of an owned atom are evaluated (:meth:`~mlff.lammps.pairs.PairList.hops`), and
   that pruning is exact; but every layer runs on the whole shell, so on small domains the
-  overhead is large: a 3-layer EGNN with a 5 Å cutoff on 864 Cu atoms (stand-in data, one
-  thread) took 5.9x the time of the whole cell in one domain (9,760 atoms with ghosts), 6.3x
-  summed over two domains and 9.1x over four. It shrinks as domains grow (the shell is a
-  surface term); (a) would avoid it with a Kokkos LAMMPS that has the exchange (not measured).
+  overhead is large (several times one whole-cell evaluation for an 864-atom Cu cell;
+  docs/measurements.md, 2026-12-05). It shrinks as domains grow (the shell is a surface term);
+  (a) would avoid it with a Kokkos LAMMPS that has the exchange (not measured).
 
 Checks: the element map against the model's, pair atoms of unmapped types, and missing ghost
 neighbour lists (an atom that the model needs is another atom's neighbour more often than it has
