@@ -29,11 +29,19 @@ from mlff.model import ForceField
 from mlff.runtime import SINGLE_THREAD_EDGES_COMPILED, single_thread_below
 
 COMPILE_CHOICES = ("none", "inductor")
+# what `mlff md run --compile auto` may resolve to, besides the choices above
+AUTO = "auto"
 # an EGNN evaluates faster eagerly (on all threads, in neighbour blocks when its coordinates
 # are fixed) above about this many edges; below, compiled on one thread is faster
 # (benchmarks/compiled_crossover.py measures where: between 4,614 and 6,158 edges for both
 # layouts on the 2-core CPU, docs/measurements.md)
 MAX_EGNN_COMPILED_EDGES = 4096
+# `--compile auto` compiles runs of at least this many steps. Compiling costs about 35 s on the
+# 2-core CPU the first time (about 5 s once inductor's disk cache holds the kernels) and the
+# compiled batched engine saves about 1.7 ms per step on one ethanol (772 against 350 steps/s,
+# docs/measurements.md): even from a cold cache it has paid for itself after about 20,000
+# steps. Twice that leaves room for smaller savings on larger cells below the edge limit.
+AUTO_COMPILE_MIN_STEPS = 40_000
 
 
 def compile_model(
@@ -54,6 +62,24 @@ def compile_model(
     # not an nn.Module attribute: the model's state dict and modules stay as they were
     object.__setattr__(model, "_compiled_forces", CompiledForces(model, backend))
     return model
+
+
+def auto_compile_mode(model: ForceField, n_edges: int, steps: int) -> str:
+    """What ``--compile auto`` means for a run of ``steps`` force calls of ``n_edges`` edges each
+    (all systems of a batch together): "inductor" where the compiled graph is measured to win
+    after its compile time, else "none".
+
+    It wins for an EGNN on a CPU at or below :data:`MAX_EGNN_COMPILED_EDGES` edges per call
+    (above it the compiled graph is not used at all), in runs of at least
+    :data:`AUTO_COMPILE_MIN_STEPS` steps. The TFN and GPUs have no such measurement yet, so they
+    stay eager.
+    """
+    potential = model.potential
+    is_egnn = getattr(potential, "max_chunk_edges", None) is not None
+    on_cpu = model.device.type == "cpu"
+    small = 0 < n_edges <= MAX_EGNN_COMPILED_EDGES
+    long_run = steps >= AUTO_COMPILE_MIN_STEPS
+    return "inductor" if is_egnn and on_cpu and small and long_run else "none"
 
 
 def is_compiled(model: ForceField) -> bool:

@@ -142,3 +142,31 @@ def test_inductor_compiled_equals_eager_on_a_molecule_and_a_periodic_cell():
         for key in results[0]:
             np.testing.assert_allclose(results[1][key], results[0][key], rtol=0, atol=1e-10)
     assert compiled_forces(compiled.model).failed is None
+
+
+def test_auto_compiles_only_long_runs_of_small_egnn_calls_on_a_cpu():
+    from mlff.compiled import AUTO_COMPILE_MIN_STEPS, auto_compile_mode
+
+    egnn = tiny_preset().eval()
+    long_run = AUTO_COMPILE_MIN_STEPS
+    assert auto_compile_mode(egnn, 72, long_run) == "inductor"
+    assert auto_compile_mode(egnn, 72, long_run - 1) == "none"  # too short to pay back
+    assert auto_compile_mode(egnn, MAX_EGNN_COMPILED_EDGES + 1, long_run) == "none"
+    assert auto_compile_mode(egnn, 0, long_run) == "none"
+    assert auto_compile_mode(tiny_model("tfn-l2-attention"), 72, long_run) == "none"  # unmeasured
+
+
+def test_md_run_resolves_compile_auto_from_the_model_and_structures(tmp_path):
+    from mlff import save_model
+    from mlff.compiled import AUTO_COMPILE_MIN_STEPS
+    from mlff.workflows.common import resolve_compile_mode
+
+    path = tmp_path / "model.pt"
+    save_model(tiny_preset(), path)
+    mol, cell = [ethanol()], [bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 6)]
+    long_run = AUTO_COMPILE_MIN_STEPS
+    assert resolve_compile_mode("auto", path, mol, long_run, "cpu") == "inductor"
+    assert resolve_compile_mode("auto", path, mol, 1000, "cpu") == "none"
+    assert resolve_compile_mode("auto", path, cell, long_run, "cpu") == "none"  # too many edges
+    assert resolve_compile_mode("none", path, mol, long_run, "cpu") == "none"
+    assert resolve_compile_mode("inductor", path, cell, 10, "cpu") == "inductor"

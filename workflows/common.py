@@ -253,23 +253,65 @@ def finite(ctx, param, value):
     return value
 
 
-def compile_option(command):
-    """The --compile option (``compile_mode``) of eval, md run, relax, bench and check."""
-    return click.option(
-        "--compile",
-        "compile_mode",
-        type=click.Choice(["none", "inductor"]),
-        default="none",
-        show_default=True,
-        help="none: eager (the reference); inductor: energies, forces and stress as one "
-        "torch.compile graph (compiling takes a minute or two at the start; faster calls for "
-        "molecules and small cells; large cells stay eager).",
-    )(command)
+def compile_option(command=None, *, auto: bool = False):
+    """The --compile option (``compile_mode``) of eval, md run, relax, bench and check; with
+    ``auto`` it also offers (and defaults to) "auto", resolved by :func:`resolve_compile_mode`."""
+
+    def decorate(command):
+        choices = ["auto", "none", "inductor"] if auto else ["none", "inductor"]
+        help_text = (
+            "none: eager (the reference); inductor: energies, forces and stress as one "
+            "torch.compile graph (compiling takes a minute or two at the start; faster calls for "
+            "molecules and small cells; large cells stay eager)."
+        )
+        if auto:
+            help_text += (
+                " auto: inductor for long runs (>= 40,000 steps) of an EGNN on a CPU with at "
+                "most 4,096 edges per call, where compiling pays for itself; else none."
+            )
+        return click.option(
+            "--compile",
+            "compile_mode",
+            type=click.Choice(choices),
+            default="auto" if auto else "none",
+            show_default=True,
+            help=help_text,
+        )(command)
+
+    return decorate if command is None else decorate(command)
 
 
-def runtime_options(command):
-    """The --device, --dtype, --threads and --compile options of md run, relax, bench and check."""
-    command = compile_option(command)
+def resolve_compile_mode(
+    compile_mode: str,
+    model: str | Path,
+    structures: list,
+    steps: int,
+    device: str = "auto",
+    dtype: str = "float64",
+) -> str:
+    """``--compile auto`` -> "inductor" or "none" for ``steps`` steps of ``structures`` (atoms,
+    all in one batch) with the model file ``model`` (see :func:`mlff.compiled.auto_compile_mode`);
+    any other mode is returned as it is."""
+    if compile_mode != "auto":
+        return compile_mode
+    from mlff.calculator import prepare_model
+    from mlff.compiled import AUTO_COMPILE_MIN_STEPS, auto_compile_mode
+    from mlff.graph import graph_from_atoms
+
+    if steps < AUTO_COMPILE_MIN_STEPS:  # too short to pay for compiling, whatever the model
+        return "none"
+
+    prepared = prepare_model(str(model), device, dtype)
+    n_edges = sum(graph_from_atoms(atoms, prepared.cutoff).n_edges for atoms in structures)
+    return auto_compile_mode(prepared, n_edges, steps)
+
+
+def runtime_options(command=None, *, auto_compile: bool = False):
+    """The --device, --dtype, --threads and --compile options of md run, relax, bench and check
+    (``auto_compile``: --compile also offers and defaults to "auto")."""
+    if command is None:
+        return lambda command: runtime_options(command, auto_compile=auto_compile)
+    command = compile_option(command, auto=auto_compile)
     command = click.option(
         "--threads",
         type=click.IntRange(min=1),

@@ -14,6 +14,7 @@ from mlff.workflows.common import (
     load_calculator,
     read_checked,
     read_structures,
+    resolve_compile_mode,
     runtime_options,
 )
 from mlff.workflows.md_analyze import analyze
@@ -211,7 +212,7 @@ def _summary_lines(summary, settings, n_atoms: int) -> list[str]:
     callback=finite,
     help="Verlet neighbour-list skin in Å (batched engine).",
 )
-@runtime_options
+@runtime_options(auto_compile=True)
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar [default: when on a terminal]."
 )
@@ -304,8 +305,11 @@ def run(
                 f"warning: {restart} has no momenta; drawing velocities at {temperature} K",
                 err=True,
             )
+        compile_mode = resolve_compile_mode(compile_mode, model, [atoms], steps, device, dtype)
     else:
         inputs = read_checked(structure, index)
+        structures = [atoms for _, atoms in inputs] * replicas
+        compile_mode = resolve_compile_mode(compile_mode, model, structures, steps, device, dtype)
         engine = choose_engine(
             engine, len(inputs) * replicas, device, ensemble, barostat, restart, compile_mode
         )
@@ -373,6 +377,7 @@ def run(
         "timestep_fs": timestep,
         "device": str(calculator.device),
         "dtype": dtype,
+        "compile": compile_mode,
         "trajectory": traj,
         "log": log,
     }

@@ -109,6 +109,7 @@ def run_batched(
         "timestep_fs": settings.timestep_fs,
         "device": str(calculator.device),
         "dtype": options["dtype"],
+        "compile": options.get("compile", "none"),
         "trajectory": options["traj"],
         "log": options["log"],
         "systems": [vars(r) for r in reports],

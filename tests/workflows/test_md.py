@@ -507,6 +507,7 @@ def test_cli_stop_on_covariance_failure(use_broken_model, model_file, ethanol_fi
     )
     assert "warning: step 5: covariance check" in result.stderr
     assert json.loads(result.stdout)["covariance_checks"] == 2
+    assert json.loads(result.stdout)["compile"] == "none"  # --compile auto: too short to compile
 
 
 def test_cli_bad_inputs_end_in_one_line_errors(model_file, ethanol_file, tmp_path):
