@@ -6,7 +6,6 @@ Python) or :func:`mlff.lammps.driver.configure` (from a Python driver) hands LAM
 """
 
 from mlff.lammps.adapter import MLIAPAdapter
-from mlff.lammps.driver import configure, register
 from mlff.lammps.files import export_lammps, read_lammps_file
 from mlff.lammps.settings import LAMMPSSettings, message_passing_depth
 
@@ -19,3 +18,13 @@ __all__ = [
     "read_lammps_file",
     "register",
 ]
+
+
+def __getattr__(name: str):
+    """``configure`` and ``register`` on first use: importing the driver here would make
+    ``python -m mlff.lammps.driver`` warn that the module was imported before it ran."""
+    if name in ("configure", "register"):
+        from mlff.lammps import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

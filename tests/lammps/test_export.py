@@ -163,3 +163,33 @@ def test_without_a_lammps_module_register_says_how_to_get_one(model_file, tmp_pa
     monkeypatch.setitem(sys.modules, "lammps", None)  # import lammps -> ImportError
     with pytest.raises(LAMMPSError, match="no LAMMPS Python module.*build_lammps.sh"):
         register(out)
+
+
+def test_lammps_prints_mlff_errors_in_one_line(monkeypatch, capsys):
+    from mlff.lammps.driver import one_line_errors
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *args: seen.append(args[1]))
+    one_line_errors()
+    one_line_errors()  # once per process
+    sys.excepthook(LAMMPSError, LAMMPSError("use FILE 1"), None)
+    assert capsys.readouterr().err == "mlff: use FILE 1\n"
+    other = RuntimeError("a bug")
+    sys.excepthook(RuntimeError, other, None)
+    assert seen == [other]  # anything else as before: a traceback
+
+
+@pytest.mark.parametrize("which", ["model", "input"])
+def test_the_driver_reports_a_missing_file_in_one_line(model_file, tmp_path, which, capsys):
+    from mlff.lammps.driver import main
+
+    out = tmp_path / "m.mliap.pt"
+    export_lammps(model_file, out)
+    (tmp_path / "in.lammps").write_text("units metal\n")
+    files = {"model": str(out), "input": str(tmp_path / "in.lammps")}
+    files[which] = str(tmp_path / "missing")
+    with pytest.raises(SystemExit) as stopped:
+        main([files["model"], files["input"]])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing: LAMMPS " in err and "not found" in err
