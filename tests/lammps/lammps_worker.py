@@ -3,9 +3,10 @@
     mpiexec -n 4 python -m tests.lammps.lammps_worker JOB.json OUT.json
 
 JOB holds the exported model file, a LAMMPS data file (atom_style atomic, with masses), the
-element of each atom type and the run's settings. Rank 0 writes OUT: the box and positions LAMMPS
-used (its frame, which may be rotated from ASE's), the potential energy, forces and virial of
-step 0, and the positions after ``steps`` NVE steps, all ordered by atom ID.
+element of each atom type and the run's settings. Rank 0 writes OUT: the number of ranks LAMMPS
+ran on, the box and positions LAMMPS used (its frame, which may be rotated from ASE's), the
+potential energy, forces and virial of step 0, and the positions after ``steps`` NVE steps, all
+ordered by atom ID.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def run(job: dict) -> dict | None:
         )
         xx, yy, zz, xy_, xz_, yz_ = pressure * volume / NKTV2P_METAL  # eV
         result = {
+            "ranks": int(lmp.extract_setting("world_size")),
             "cell": cell,
             "types": gather(lmp, "type", 1)[:, 0].astype(int).tolist(),
             "positions": (gather(lmp, "x", 3) - np.asarray(boxlo)).tolist(),

@@ -120,6 +120,7 @@ def test_lammps_equals_the_calculator_on_1_2_and_4_ranks(mpiexec, tmp_path, name
     finals = {}
     for ranks in (1, 2, 4):
         result = run_lammps(mpiexec, tmp_path, model_file, atoms, ranks)
+        assert result["ranks"] == ranks  # one LAMMPS split in N, not N serial copies
         energy, forces, virial_per_volume = reference(model, result)
         volume = abs(np.linalg.det(result["cell"]))
         assert abs(result["energy"] - energy) < TOLERANCE, ranks
