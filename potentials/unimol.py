@@ -42,6 +42,10 @@ is the local, smooth version used by ``mlff``:
   vanish (C2) at the cutoff and a downstream potential stays smooth even if it forgets its own
   envelope. Only ``edge_lengths`` and species are used, so the outputs are invariant under
   rotations, reflections and translations; ``edge_vectors`` is ignored.
+* **Pretraining.** :meth:`UniMolEncoder.represent` returns, besides the two outputs, the pair
+  representation before the first layer (``z0``) and after the last (``zL``), whose change drives
+  the coordinate head of :mod:`mlff.pretraining`, and can hide the element of chosen atoms behind
+  a mask token (masked-atom prediction).
 
 Pre-LN transformer layers: ``h += Attn(LN(h))``, ``h += FFN(LN(h))`` (SiLU, width
 ``ffn_factor * features``). All sums over neighbours are vectorised ``index_add_`` /
@@ -58,6 +62,7 @@ which are slow on x86 CPUs.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -125,6 +130,7 @@ class _PairAttentionLayer(nn.Module):
         neighbour: torch.Tensor,
         envelope: torch.Tensor,
         log_envelope: torch.Tensor,
+        masked: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_atoms, n_edges = h.shape[0], centre.shape[0]
         heads, dim = self.num_heads, self.head_dim
@@ -133,7 +139,10 @@ class _PairAttentionLayer(nn.Module):
         # logits (E, H) and self logits (N, H)
         logits = (q.index_select(0, centre) * k.index_select(0, neighbour)).sum(-1) * self.scale
         logits = logits + self.pair_bias(z)
-        self_logits = (q * k).sum(-1) * self.scale + self.self_bias(species)
+        self_bias = self.self_bias(species)
+        if masked is not None:  # a masked atom's element must not leak through its self bias
+            self_bias = self_bias.masked_fill(masked.unsqueeze(-1), 0.0)
+        self_logits = (q * k).sum(-1) * self.scale + self_bias
 
         # detached per-centre shift: the weights are exactly invariant under it (no eps anywhere)
         with torch.no_grad():
@@ -164,6 +173,16 @@ class _PairAttentionLayer(nn.Module):
         # atom -> pair: this layer's logits refine the pair representation
         z = z + self.pair_update(logits)
         return h, z
+
+
+class UniMolRepresentation(NamedTuple):
+    """What one pass of :class:`UniMolEncoder` computes (shapes per atom / per edge)."""
+
+    node_features: torch.Tensor  # (n_atoms, features) invariant, LayerNorm(h)
+    edge_features: torch.Tensor  # (n_edges, pair_features) invariant, u(r) LayerNorm(z_L)
+    initial_pairs: torch.Tensor  # (n_edges, pair_features) z_0, before the first layer
+    final_pairs: torch.Tensor  # (n_edges, pair_features) z_L, after the last layer
+    envelope: torch.Tensor  # (n_edges,) u(r_ij) in [0, 1], zero at and after the cutoff
 
 
 class UniMolEncoder(nn.Module):
@@ -244,6 +263,24 @@ class UniMolEncoder(nn.Module):
         edge_vectors: torch.Tensor,
         edge_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        representation = self.represent(species, edge_index, edge_lengths)
+        return representation.node_features, representation.edge_features
+
+    def represent(
+        self,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_lengths: torch.Tensor,
+        masked: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> UniMolRepresentation:
+        """Every representation of one pass (``forward`` returns the first two).
+
+        ``masked`` (n_atoms,) bool marks atoms whose element is hidden (masked-atom
+        pretraining): their token starts from ``mask_token`` (features,) instead of their
+        element's embedding, and neither their self bias nor the pair types of their edges
+        (distance scale and shift) depend on their element.
+        """
         n_atoms = species.shape[0]
         centre, neighbour = edge_index[0], edge_index[1]
         r = edge_lengths
@@ -260,19 +297,33 @@ class UniMolEncoder(nn.Module):
             )
 
         types = self.pair_types(species, edge_index)
-        scaled = self.pair_scale(types).squeeze(-1) * r + self.pair_shift(types).squeeze(-1)
-        z = self.pair_mlp(self.kernels(scaled))
+        pair_scale = self.pair_scale(types).squeeze(-1)
+        pair_shift = self.pair_shift(types).squeeze(-1)
+        if masked is not None:  # edges touching a masked atom: the identity map, a = 1, b = 0
+            hidden = masked[centre] | masked[neighbour]
+            pair_scale = torch.where(hidden, torch.ones_like(pair_scale), pair_scale)
+            pair_shift = torch.where(hidden, torch.zeros_like(pair_shift), pair_shift)
+        z = self.pair_mlp(self.kernels(pair_scale * r + pair_shift))
+        initial_pairs = z
 
         h = self.embedding(species)
+        if masked is not None:
+            if mask_token is None:
+                raise ValueError("masked atoms need a mask_token of shape (features,)")
+            h = torch.where(masked.unsqueeze(-1), mask_token.to(h.dtype).expand_as(h), h)
         h = h + self.density(scatter_sum(envelope.unsqueeze(-1) * z, centre, n_atoms)) / (
             self.avg_num_neighbors
         )
         for layer in self.layers:
-            h, z = layer(h, z, species, centre, neighbour, envelope, log_envelope)
+            h, z = layer(h, z, species, centre, neighbour, envelope, log_envelope, masked)
 
-        node_features = self.norm_node(h)
-        edge_features = envelope.unsqueeze(-1) * self.norm_pair(z)
-        return node_features, edge_features
+        return UniMolRepresentation(
+            node_features=self.norm_node(h),
+            edge_features=envelope.unsqueeze(-1) * self.norm_pair(z),
+            initial_pairs=initial_pairs,
+            final_pairs=z,
+            envelope=envelope,
+        )
 
     def extra_repr(self) -> str:
         return (
