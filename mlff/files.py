@@ -32,6 +32,8 @@ from mlff.model import ForceField
 
 FORMAT = "mlff-model"
 FORMAT_VERSION = 1
+# the files `mlff pretrain` writes (mlff.pretraining.files): an encoder without a potential head
+PRETRAINED_FORMAT = "mlff-pretrained-encoder"
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -101,6 +103,11 @@ def read_archive(path: str | os.PathLike, kind: str = "model file"):
 
 def _read_payload(path: str | os.PathLike) -> dict:
     payload = read_archive(path)
+    if isinstance(payload, dict) and payload.get("format") == PRETRAINED_FORMAT:
+        raise ModelFileError(
+            f"{path}: a pretrained encoder (mlff pretrain), not a force field: it has no "
+            f"potential head; fine-tune it first: mlff train DATA --encoder unimol --init {path}"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an mlff model file (no 'format: {FORMAT}' field)")
     version = payload.get("format_version")
