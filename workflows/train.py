@@ -102,6 +102,40 @@ def _options(function):
                 "help": "Any other model hyperparameter (repeatable).",
             },
         ),
+        (
+            "--init",
+            None,
+            {
+                "type": click.Path(dir_okay=False),
+                "help": "Start from a pretrained Uni-Mol encoder (mlff pretrain's encoder.pt; "
+                "needs --encoder unimol, the same elements and cutoff; the encoder's sizes come "
+                "from the file).",
+            },
+        ),
+        (
+            "--init-mode",
+            None,
+            {
+                "type": click.Choice(["finetune", "freeze", "low-lr"]),
+                "help": "With --init: train every weight (finetune), keep the encoder fixed "
+                "(freeze), or train it at --encoder-lr-ratio times the rate (low-lr).",
+            },
+        ),
+        (
+            "--encoder-lr-ratio",
+            None,
+            {"type": float, "help": "Encoder / peak learning rate under --init-mode low-lr."},
+        ),
+        (
+            "--denoise-weight",
+            None,
+            {
+                "type": float,
+                "help": "Weight of the auxiliary denoising loss (0: off; needs --encoder "
+                "unimol): noised positions recovered through a coordinate head.",
+            },
+        ),
+        ("--denoise-sigma", None, {"type": float, "help": "Denoising noise (Å)."}),
         ("--energy-weight", None, {"type": float, "help": "Loss weight of energy per atom."}),
         ("--forces-weight", None, {"type": float, "help": "Loss weight of forces."}),
         ("--stress-weight", None, {"type": float, "help": "Loss weight of stress."}),

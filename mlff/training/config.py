@@ -35,6 +35,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 DEVICES = ("auto", "cpu", "cuda")
+INIT_MODES = ("finetune", "freeze", "low-lr")
 DTYPES = ("float32", "float64")
 
 
@@ -61,6 +62,16 @@ class TrainConfig:
     features: int | None = None
     num_layers: int | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    # start from a pretrained Uni-Mol encoder (mlff pretrain's encoder.pt): its weights and sizes;
+    # init_mode: finetune (every weight at lr), freeze (encoder fixed) or low-lr (the encoder at
+    # lr x encoder_lr_ratio). The default is to be chosen by benchmarks/pretraining.py
+    init: str | None = None
+    init_mode: str = "finetune"
+    encoder_lr_ratio: float = 0.1
+    # auxiliary denoising (needs encoder unimol): positions of the training frames noised by
+    # denoise_sigma Å, the noise recovered through a coordinate head; loss weight 0 = off
+    denoise_weight: float = 0.0
+    denoise_sigma: float = 0.1
     # loss and optimisation
     energy_weight: float = 1.0
     forces_weight: float = 100.0
@@ -137,6 +148,20 @@ class TrainConfig:
         for name in ("energy_weight", "forces_weight", "stress_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.init_mode not in INIT_MODES:
+            problems.append(f"init_mode must be one of {INIT_MODES}, got {self.init_mode!r}")
+        elif self.init_mode != "finetune" and not self.init:
+            problems.append(f"init_mode {self.init_mode!r} needs a pretrained encoder (--init)")
+        if not 0.0 < self.encoder_lr_ratio <= 1.0:
+            problems.append(f"encoder_lr_ratio must be in (0, 1], got {self.encoder_lr_ratio}")
+        if self.denoise_weight < 0:
+            problems.append(f"denoise_weight must be >= 0 (0 = off), got {self.denoise_weight}")
+        if not self.denoise_sigma > 0:
+            problems.append(f"denoise_sigma must be a length > 0 Å, got {self.denoise_sigma}")
+        if self.denoise_weight > 0 and self.encoder != "unimol":
+            problems.append(
+                "denoise_weight > 0 needs --encoder unimol (the denoising head reads its pairs)"
+            )
         if problems:
             raise DataError("bad training option: " + "; ".join(problems))
 

@@ -31,6 +31,7 @@ from torch import nn
 from mlff.forces import evaluate
 from mlff.signals import GracefulStop
 from mlff.training.dataset import GraphSet
+from mlff.training.denoising import DenoisingStep, denoising_loss, noised_batch
 from mlff.training.distributed import Distributed
 from mlff.training.ema import ExponentialMovingAverage
 from mlff.training.evaluation import evaluate_set
@@ -58,6 +59,10 @@ class LoopSettings:
     # seconds; wall time by default (time.process_time measures this process alone, for
     # comparing settings on a shared machine)
     clock: Callable[[], float] = time.perf_counter
+    # auxiliary denoising, with a denoiser given to the loop (mlff.training.denoising): loss
+    # weight and noise (Å)
+    denoise_weight: float = 0.0
+    denoise_sigma: float = 0.1
 
 
 @dataclass
@@ -122,8 +127,13 @@ class TrainingLoop:
         settings: LoopSettings,
         context: Distributed | None = None,
         progress: Progress | None = None,
+        denoiser: nn.Module | None = None,
     ) -> None:
         self.model = model
+        self.denoiser = denoiser
+        self._trained_parameters = list(model.parameters()) + (
+            list(denoiser.parameters()) if denoiser is not None else []
+        )
         self.ema = ema
         self.optimizer = optimizer
         self.schedule = schedule
@@ -143,6 +153,8 @@ class TrainingLoop:
                 f"{self.context.world_size} processes; use a smaller --batch-size"
             )
         module = _EnergyAndForces(model, train.any_forces, train.any_stress)
+        if denoiser is not None:
+            module = DenoisingStep(module, denoiser)
         if self.context.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -206,15 +218,26 @@ class TrainingLoop:
 
     def _step(self, batch, accumulator: ErrorAccumulator) -> float:
         settings = self.settings
+        noised = None
+        if self.denoiser is not None:
+            noised = noised_batch(
+                batch.graph, self.model.cutoff, settings.denoise_sigma, settings.seed,
+                self.context.rank, self.progress.step, self.model.device, self.model.dtype,
+            )  # fmt: skip
         batch = batch.to(self.model.device, self.model.dtype)
-        out = self.forward(batch.graph)
+        out = (
+            self.forward(batch.graph) if noised is None else self.forward(batch.graph, noised.graph)
+        )
         loss = total_loss(
             loss_terms(out, batch, settings.loss, settings.huber_delta), settings.weights
         )
+        if noised is not None:
+            denoise = denoising_loss(out.pop("denoise"), noised.noise, noised.sigma)
+            loss = loss + settings.denoise_weight * denoise.to(loss.dtype)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters, settings.clip_grad)
         self.optimizer.step()
         self.ema.update(self.model)
         value = float(loss.detach())

@@ -27,10 +27,12 @@ from mlff.builder import build_model
 from mlff.data import LabelKeys, LabelledFrame, elements_of, read_labelled, split_indices
 from mlff.errors import DataError
 from mlff.files import atomic_write, load_model, model_from_payload, model_payload, save_model
+from mlff.pretraining.files import PretrainedEncoder, check_compatible, read_encoder
 from mlff.runtime import keep_freed_memory, resolve_device, set_threads
 from mlff.training.checkpoint import load_checkpoint, save_checkpoint
 from mlff.training.config import TrainConfig, config_from_dict, write_config
 from mlff.training.dataset import GraphSet
+from mlff.training.denoising import Denoiser
 from mlff.training.distributed import (
     Distributed,
     init_distributed,
@@ -114,31 +116,55 @@ def _check_elements(frames: Sequence[LabelledFrame], elements: list[str], name: 
             )
 
 
-def _build(config: TrainConfig, data: Datasets):
+def _build(config: TrainConfig, data: Datasets, pretrained: PretrainedEncoder | None = None):
+    """The model and the data statistics; with ``pretrained`` (``--init``), its encoder's sizes
+    and weights, once they fit the data and options."""
     reference = read_reference_energies(config.e0, data.elements) if config.e0 else None
     statistics = data_statistics(data.train, data.elements, reference)
+    elements, hyperparameters = data.elements, config.model_hyperparameters()
+    if pretrained is not None:
+        check_compatible(pretrained, data.elements, config.cutoff, config.encoder, hyperparameters)
+        elements = pretrained.elements  # the encoder's species order
+        hyperparameters = {**hyperparameters, **pretrained.model_hyperparameters()}
     model = build_model(
         potential=config.potential,
         encoder=config.encoder,
-        elements=data.elements,
+        elements=elements,
         cutoff=config.cutoff,
         reference_energies=statistics.reference_energies,
         energy_scale=statistics.energy_scale,
         energy_shift=statistics.energy_shift,
         avg_num_neighbors=statistics.avg_num_neighbors,
-        **config.model_hyperparameters(),
+        **hyperparameters,
     )
+    if pretrained is not None:
+        model.encoder.load_state_dict(pretrained.encoder_state)
     return model, statistics
 
 
-def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel where torch has one for the device (fewer, larger operations)."""
+def _parameter_groups(model, config: TrainConfig, extra: list) -> list[dict]:
+    """The optimiser's parameter groups: one, or with ``--init`` under ``--init-mode low-lr``
+    the encoder apart at ``encoder_lr_ratio`` times the rate; ``freeze`` fixes the encoder."""
+    if not config.init or config.init_mode == "finetune":
+        return [{"params": list(model.parameters()) + extra}]
+    encoder = list(model.encoder.parameters())
+    mine = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in mine] + extra
+    if config.init_mode == "freeze":
+        for parameter in encoder:
+            parameter.requires_grad_(False)
+        return [{"params": rest}]
+    return [{"params": rest}, {"params": encoder, "lr_scale": config.encoder_lr_ratio}]
+
+
+def _optimizer(model, config: TrainConfig, extra: list | None = None) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where torch has one for the device (fewer, larger operations).
+    ``extra``: parameters trained besides the model's (the denoising head)."""
+    groups = _parameter_groups(model, config, list(extra or []))
     try:
-        return torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class RunFiles:
@@ -228,6 +254,7 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
         valid=absolute(config.valid),
         test=absolute(config.test),
         e0=absolute(config.e0),
+        init=absolute(config.init),
     )
 
 
@@ -264,11 +291,21 @@ def _run(
     torch.manual_seed(config.seed)
     if data is None:
         data = load_datasets(config)
-    model, statistics = _build(config, data)
+    # --init: read on a new run only (a resumed run has the weights in its checkpoint)
+    pretrained = read_encoder(config.init) if config.init and checkpoint is None else None
+    model, statistics = _build(config, data, pretrained)
     if checkpoint is not None:
         model = model_from_payload(checkpoint["model"], where=str(out / LAST))
     dtype = getattr(torch, config.dtype)
     model = model.to(device=device, dtype=dtype)
+    denoiser = None
+    if config.denoise_weight > 0:
+        denoiser = Denoiser(model.encoder)
+        if pretrained is not None:
+            denoiser.head.load_state_dict(pretrained.coordinate_head_state)
+        if checkpoint is not None and "denoiser" in checkpoint:
+            denoiser.load_state_dict(checkpoint["denoiser"])
+        denoiser = denoiser.to(device=device, dtype=dtype)
     if context.is_main:
         log(
             f"{len(data.train)} training, {len(data.valid) if data.valid else 0} validation, "
@@ -280,7 +317,8 @@ def _run(
         write_config(config, out / "config.yaml")
 
     ema = ExponentialMovingAverage(model, config.ema_decay)
-    optimizer = _optimizer(model, config)
+    extra = list(denoiser.parameters()) if denoiser is not None else None
+    optimizer = _optimizer(model, config, extra)
     schedule = LearningRateSchedule(
         optimizer,
         config.lr,
@@ -314,11 +352,22 @@ def _run(
         progress_bar=config.progress == "bar"
         or (config.progress == "auto" and sys.stderr.isatty()),
         log=log,
+        denoise_weight=config.denoise_weight,
+        denoise_sigma=config.denoise_sigma,
     )
     if clock is not None:
         settings.clock = clock
     loop = TrainingLoop(
-        model, ema, optimizer, schedule, data.train, data.valid, settings, context, progress
+        model,
+        ema,
+        optimizer,
+        schedule,
+        data.train,
+        data.valid,
+        settings,
+        context,
+        progress,
+        denoiser=denoiser,
     )
     loop.monitors.extend(monitors)
 
@@ -331,6 +380,7 @@ def _run(
             "rng": torch.get_rng_state(),
             "progress": loop.progress.as_dict(),
             "config": json.dumps(asdict(config)),
+            **({"denoiser": denoiser.state_dict()} if denoiser is not None else {}),
         }
 
     metrics = MetricsLog(out / "metrics.csv", METRICS_COLUMNS)

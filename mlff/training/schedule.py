@@ -7,6 +7,9 @@ limit used, so a run cut by its time limit still ends its schedule at the small 
   then half a cosine down to ``lr * min_lr_ratio`` at ``p = 1``.
 * ``"plateau"``: the same warm-up, then ``lr`` multiplied by ``factor`` whenever the validation
   loss has not improved for ``patience`` validations, never below ``lr * min_lr_ratio``.
+
+A parameter group with an ``lr_scale`` entry (the encoder under ``--init-mode low-lr``) gets the
+schedule's rate times that scale.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class LearningRateSchedule:
             lr = self.peak * self.plateau_scale
         self.lr = lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def validated(self, loss: float) -> None:
@@ -96,4 +99,4 @@ class LearningRateSchedule:
         self.bad_validations = int(state["bad_validations"])
         self.lr = float(state["lr"])
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)
