@@ -13,6 +13,7 @@ from mlff._version import __version__
 # command name -> "module:attribute" under mlff.workflows
 SUBCOMMANDS: dict[str, str] = {
     "train": "train:train",
+    "pretrain": "pretrain:pretrain",
     "eval": "evaluate:evaluate",
     "md": "md:md",
     "relax": "relax:relax",
@@ -24,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
 
 _SHORT_HELP = {
     "train": "Train a model on labelled trajectories.",
+    "pretrain": "Pretrain the Uni-Mol encoder on unlabelled structures (for train --init).",
     "eval": "Report energy/force/stress errors of a model on labelled data.",
     "md": "Run molecular dynamics (md run) or analyse a trajectory (md analyze).",
     "relax": "Relax structures (positions, optionally the cell).",
