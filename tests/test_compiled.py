@@ -157,9 +157,10 @@ def test_auto_compiles_only_long_runs_of_small_egnn_calls_on_a_cpu():
 
 
 def test_md_run_resolves_compile_auto_from_the_model_and_structures(tmp_path):
+    from mlff.workflows.common import resolve_compile_mode
+
     from mlff import save_model
     from mlff.compiled import AUTO_COMPILE_MIN_STEPS
-    from mlff.workflows.common import resolve_compile_mode
 
     path = tmp_path / "model.pt"
     save_model(tiny_preset(), path)

@@ -198,6 +198,17 @@ def _options(function):
         ),
         ("--eval-batch-size", None, {"type": int, "help": "Structures per evaluation batch."}),
         (
+            "--compile",
+            None,
+            {
+                "type": click.Choice(["auto", "none", "inductor"]),
+                "help": "inductor: each step's energies, forces and backward as one torch.compile "
+                "graph (compiling takes a minute or more at the start, then steps run several "
+                "times faster on a CPU); none: eager; auto: inductor on a CPU when the time "
+                "limit is at least 3 minutes.",
+            },
+        ),
+        (
             "--progress",
             None,
             {

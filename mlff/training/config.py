@@ -37,6 +37,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 DEVICES = ("auto", "cpu", "cuda")
 INIT_MODES = ("finetune", "freeze", "low-lr")
 DTYPES = ("float32", "float64")
+COMPILE_CHOICES = ("auto", "none", "inductor")
 
 
 @dataclass
@@ -103,6 +104,9 @@ class TrainConfig:
     workers: int = 0  # training processes; 0: one per CPU core (one with threads or on a GPU)
     eval_batch_size: int = 64
     progress: str = "auto"
+    # training steps through one compiled graph: auto = on a CPU for time limits of at least
+    # 3 minutes (mlff.training.compiled), none = eager, inductor = always
+    compile: str = "auto"
 
     def model_hyperparameters(self) -> dict[str, Any]:
         """Potential hyperparameters: the size preset, then explicit widths, then options."""
@@ -145,6 +149,8 @@ class TrainConfig:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.compile not in COMPILE_CHOICES:
+            problems.append(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         for name in ("energy_weight", "forces_weight", "stress_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")

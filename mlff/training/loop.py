@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlff.forces import evaluate
 from mlff.signals import GracefulStop
+from mlff.training.compiled import EnergyAndForces
 from mlff.training.dataset import GraphSet
 from mlff.training.denoising import DenoisingStep, denoising_loss, noised_batch
 from mlff.training.distributed import Distributed
@@ -63,6 +63,10 @@ class LoopSettings:
     # weight and noise (Å)
     denoise_weight: float = 0.0
     denoise_sigma: float = 0.1
+    # "none" (eager) or "inductor": the step's energies, forces and backward as one compiled
+    # graph (mlff.training.compiled); compile_backend is torch.compile's (tests: "aot_eager")
+    compile: str = "none"
+    compile_backend: str = "inductor"
 
 
 @dataclass
@@ -76,6 +80,9 @@ class Progress:
     best_loss: float = math.inf  # best validation loss so far
     best_epoch: int = 0
     stale: int = 0  # validations since the best one
+    # training time spent in the first step of each session while it compiled the step (s);
+    # the learning-rate schedule runs on the time after it
+    compile_s: float = 0.0
     # why the run stopped: epochs, time limit, early stopping, SIGINT, SIGTERM, non-finite loss
     stopped: str = ""
 
@@ -87,23 +94,8 @@ class Progress:
         return cls(**values)
 
 
-class _EnergyAndForces(nn.Module):
-    """``model`` evaluated for training, as one module call (what DDP wraps)."""
-
-    def __init__(self, model: nn.Module, compute_forces: bool, compute_stress: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.compute_forces = compute_forces
-        self.compute_stress = compute_stress
-
-    def forward(self, graph) -> dict[str, torch.Tensor]:
-        return evaluate(
-            self.model,
-            graph,
-            compute_forces=self.compute_forces,
-            compute_stress=self.compute_stress,
-            create_graph=True,
-        )
+# the module a step calls (kept under its old name for benchmarks/training_step.py)
+_EnergyAndForces = EnergyAndForces
 
 
 class TrainingLoop:
@@ -152,7 +144,13 @@ class TrainingLoop:
                 f"{len(train)} training frames make no full batch for each of "
                 f"{self.context.world_size} processes; use a smaller --batch-size"
             )
-        module = _EnergyAndForces(model, train.any_forces, train.any_stress)
+        module = EnergyAndForces(
+            model,
+            train.any_forces,
+            train.any_stress,
+            compile=settings.compile,
+            backend=settings.compile_backend,
+        )
         if denoiser is not None:
             module = DenoisingStep(module, denoiser)
         if self.context.enabled:
@@ -161,6 +159,7 @@ class TrainingLoop:
             device_ids = [model.device] if model.device.type == "cuda" else None
             module = DistributedDataParallel(module, device_ids=device_ids)
         self.forward = module
+        self._compile_pending = settings.compile != "none"
         self._session_start = 0.0
         self._elapsed_at_start = 0.0
         self._train_figures: ErrorAccumulator | None = None  # of the last epoch
@@ -176,7 +175,11 @@ class TrainingLoop:
         total_steps = self.settings.epochs * self.steps_per_epoch
         fraction = self.progress.step / total_steps
         if self.settings.time_limit_s:
-            fraction = max(fraction, self.progress.elapsed / self.settings.time_limit_s)
+            # compiling is training time, but the schedule spans the time left after it
+            compiling = self.progress.compile_s
+            usable = self.settings.time_limit_s - compiling
+            used = (self.progress.elapsed - compiling) / usable if usable > 0 else 1.0
+            fraction = max(fraction, used)
         return min(fraction, 1.0)
 
     @contextmanager
@@ -196,11 +199,13 @@ class TrainingLoop:
                 1.0 if stop.signal_name == "SIGINT" else 0.0,
                 1.0 if stop.signal_name == "SIGTERM" else 0.0,
                 0.0 if math.isfinite(loss) else 1.0,
+                self.progress.compile_s,
             ],
             dtype=torch.float64,
         )
         agreed = self.context.max(local)
         self.progress.elapsed = float(agreed[0])
+        self.progress.compile_s = float(agreed[4])  # the same schedule on every process
         if agreed[2] > 0:
             return "SIGTERM"
         if agreed[1] > 0:
@@ -269,7 +274,11 @@ class TrainingLoop:
             )
         reason = ""
         for batch in batches:
+            started = settings.clock() if self._compile_pending else None
             loss = self._step(batch, accumulator)
+            if started is not None:  # this session's first step compiled the graph
+                self._compile_pending = False
+                progress.compile_s += settings.clock() - started
             progress.batch += 1
             progress.step += 1
             reason = self._sync_clock_and_stop(stop, loss)

@@ -30,6 +30,7 @@ from mlff.files import atomic_write, load_model, model_from_payload, model_paylo
 from mlff.pretraining.files import PretrainedEncoder, check_compatible, read_encoder
 from mlff.runtime import keep_freed_memory, resolve_device, set_threads
 from mlff.training.checkpoint import load_checkpoint, save_checkpoint
+from mlff.training.compiled import resolve_train_compile
 from mlff.training.config import TrainConfig, config_from_dict, write_config
 from mlff.training.dataset import GraphSet
 from mlff.training.denoising import Denoiser
@@ -354,6 +355,7 @@ def _run(
         log=log,
         denoise_weight=config.denoise_weight,
         denoise_sigma=config.denoise_sigma,
+        compile=resolve_train_compile(config.compile, device, config.time_limit),
     )
     if clock is not None:
         settings.clock = clock
@@ -370,6 +372,8 @@ def _run(
         denoiser=denoiser,
     )
     loop.monitors.extend(monitors)
+    if settings.compile != "none" and context.is_main:
+        log(f"training steps compiled ({settings.compile}): the first step compiles them")
 
     def state() -> dict:
         return {
@@ -440,6 +444,7 @@ def _finish(config, out, data, statistics, progress, metrics, loop, log) -> Trai
         "steps": result.steps,
         "training_time_s": result.elapsed_s,
         "best_epoch": result.best_epoch,
+        "compile": loop.settings.compile,
         "statistics": statistics.as_dict(),
         "valid": result.valid,
         "test": result.test,
