@@ -11,7 +11,7 @@ stays eager (a handful of operators). Gradients equal eager ones to round-off
 
 The first step compiles (a minute or more on a CPU; inductor's disk cache makes later runs
 start faster) and counts as training time. A model the compiler cannot follow trains eagerly,
-with a warning. Batches without forces, and empty edge lists, take the eager path.
+with a warning. Batches without forces, and batches of one structure, take the eager path.
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ class EnergyAndForces(nn.Module):
         return self._compiled is not None and self.failed is None
 
     def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
-        if self.compiled and graph.n_edges > 0 and graph.n_atoms > 0:
+        # sizes of 0 or 1 would make torch.compile specialise and compile again (a minute):
+        # such batches (one structure, at the end of an epoch) run eagerly
+        sizes = (graph.n_graphs, graph.n_atoms, graph.n_edges)
+        if self.compiled and min(sizes) > 1:
             try:
                 return self._compiled_forward(graph)
             except Exception as error:
