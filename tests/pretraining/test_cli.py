@@ -20,7 +20,8 @@ from mlff.training.checkpoint import load_checkpoint
 from tests.training import labelled
 
 ENCODER = ["--features", "8", "--pair-features", "4", "--num-layers", "1", "--num-heads", "2",
-           "--threads", "1", "--progress", "lines", "--time-limit", "0", "--batch-size", "4"]  # fmt: skip
+           "--threads", "1", "--progress", "lines", "--time-limit", "0",
+           "--batch-size", "4"]  # fmt: skip
 TRAIN = ["--features", "8", "--num-layers", "1", "--batch-size", "4", "--progress", "lines",
          "--threads", "1", "--workers", "1", "--time-limit", "0", "--epochs", "1",
          "--encoder", "unimol"]  # fmt: skip

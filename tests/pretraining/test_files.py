@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from mlff import MLFFCalculator, ModelFileError, load_model
-from mlff.pretraining.files import load_pretrained, pretrained_payload, read_encoder, save_pretrained
+from mlff.pretraining.files import (
+    load_pretrained,
+    pretrained_payload,
+    read_encoder,
+    save_pretrained,
+)
 from mlff.pretraining.heads import PretrainingModel
 
 
