@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build LAMMPS with ML-IAP (Python support), PYTHON and MPI into ./.venv, for the tests marked
 # `lammps` (pytest -m lammps). Not part of the README's two commands, nor of CI: a 132 MB
-# download and 437 compile targets (about 4 minutes with 2 jobs, 2026-12-05). Idempotent: a finished build is recognised and skipped; downloads and the build
-# folder are kept under .venv/opt/lammps, so an interrupted build resumes where it stopped.
+# download and 437 compile targets (about 4 minutes with 2 jobs, 2026-12-05). Idempotent: a
+# finished build is recognised and skipped; downloads and the build folder are kept under
+# .venv/opt/lammps, so an interrupted build resumes where it stopped.
 #
 #   bash scripts/build_lammps.sh            # JOBS=N to set the parallel compile jobs
 #   LAMMPS_SOURCE_DIR=/path/to/lammps bash scripts/build_lammps.sh   # a source tree you have
