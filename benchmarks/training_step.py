@@ -5,7 +5,9 @@ several model settings, interleaved in one process so that they share the machin
         --config '{"angular_invariants": "many_body"}' [--batch-size 16] [--threads 1] [--profile]
 
 Each ``--config`` is a JSON object of hyperparameters laid over the ``mlff train`` size preset
-(``"max_padding"`` sets the EGNN's layout rule; 1.0 forces the per-edge layout).
+(``"max_padding"`` sets the EGNN's layout rule; 1.0 forces the per-edge layout;
+``"compile": "inductor"`` runs the step through ``mlff train --compile``'s compiled graph, and
+its first warm-up step, the compilation, is printed).
 Prints the median and quartiles of ms per step, and with ``--profile`` torch's operator table of
 the first configuration. One thread per process is what ``mlff train`` runs on a CPU.
 """
@@ -28,9 +30,9 @@ from mlff.training.loss import LossWeights, loss_terms, total_loss
 from mlff.training.statistics import data_statistics
 
 
-def make_step(model: torch.nn.Module, stress: bool):
+def make_step(model: torch.nn.Module, stress: bool, compile: str = "none"):
     """A closure running one optimisation step on a batch; returns the loss."""
-    forward = _EnergyAndForces(model, compute_forces=True, compute_stress=stress)
+    forward = _EnergyAndForces(model, compute_forces=True, compute_stress=stress, compile=compile)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(batch) -> float:
@@ -71,6 +73,7 @@ def main() -> None:
     for options in configs:
         hyper_options = dict(options)
         max_padding = hyper_options.pop("max_padding", None)
+        compile_mode = hyper_options.pop("compile", "none")
         hyper = TrainConfig(data=["x"], size=args.size, model_options=hyper_options)
         torch.manual_seed(0)
         model = (
@@ -91,8 +94,11 @@ def main() -> None:
         if max_padding is not None:  # the EGNN's layout rule (1.0: per-edge layout)
             model.potential.max_padding = max_padding
         n_parameters = sum(p.numel() for p in model.parameters())
-        step = make_step(model, stress)
-        for batch in batches[:3]:  # warm-up
+        step = make_step(model, stress, compile_mode)
+        start = time.perf_counter()
+        step(batches[0])
+        print(f"{json.dumps(options)}: first step {time.perf_counter() - start:.1f} s", flush=True)
+        for batch in batches[1:3]:  # warm-up
             step(batch)
         steps.append((options, n_parameters, step, []))
     for _ in range(args.rounds):

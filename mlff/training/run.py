@@ -458,7 +458,16 @@ def config_for_resume(out: str | os.PathLike, overrides: dict) -> TrainConfig:
     """The options of the run in ``out`` with ``overrides`` (stopping and running options only)."""
     from mlff.training.config import read_config
 
-    allowed = {"epochs", "time_limit", "patience", "device", "threads", "workers", "progress"}
+    allowed = {
+        "epochs",
+        "time_limit",
+        "patience",
+        "device",
+        "threads",
+        "workers",
+        "progress",
+        "compile",
+    }
     refused = sorted(set(overrides) - allowed)
     if refused:
         raise DataError(
