@@ -105,7 +105,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     progress: str = "auto"
     # training steps through one compiled graph: auto = on a CPU for time limits of at least
-    # 3 minutes (mlff.training.compiled), none = eager, inductor = always
+    # 5 minutes (mlff.training.compiled), none = eager, inductor = always
     compile: str = "auto"
 
     def model_hyperparameters(self) -> dict[str, Any]:
