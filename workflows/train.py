@@ -264,7 +264,7 @@ def train(ctx: click.Context, data, config_file, resume, **options) -> None:
 
     from mlff.training import run_training
     from mlff.training.config import config_from_dict, read_config
-    from mlff.training.run import config_for_resume
+    from mlff.training.outputs import config_for_resume
 
     if resume:
         if config_file or data:
