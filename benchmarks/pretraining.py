@@ -116,6 +116,16 @@ def pretrain(unlabelled: Path, out: Path, seed: int, cutoff: float, args) -> dic
     return {"encoder": encoder, "time_s": result.elapsed_s, "valid": result.valid}
 
 
+def reuse_pretraining(out: Path) -> dict:
+    """Encoder sizes of an earlier pretraining run's ``out/encoder.pt`` (--reuse-pretraining)."""
+    from mlff.pretraining.files import read_encoder
+
+    sizes = read_encoder(out / "encoder.pt").model_hyperparameters()
+    keys = ("features", "pair_features", "num_layers", "num_heads")
+    encoder = {f"encoder_{key}": sizes[f"encoder_{key}"] for key in keys}
+    return {"encoder": encoder, "time_s": None, "valid": None, "reused": str(out)}
+
+
 def train_arm(arm: str, train: Path, test_set, out: Path, seed: int, cutoff: float, encoder: dict,
               encoder_file: Path | None, args) -> dict:  # fmt: skip
     """Train one arm for ``--seconds``; the test figures of its model.pt."""
@@ -175,7 +185,11 @@ def run_dataset(name: str, args) -> dict:
         encoder, encoder_file, pre = {}, None, None
         if needs_pretraining or any(ARMS[arm][1] == "unimol" for arm in args.arms):
             pre_out = work / f"pretrain_seed{seed}"
-            if needs_pretraining:
+            if needs_pretraining and args.reuse_pretraining and (pre_out / "encoder.pt").is_file():
+                pre = reuse_pretraining(pre_out)
+                encoder, encoder_file = pre["encoder"], pre_out / "encoder.pt"
+                results.setdefault("pretraining", {})[seed] = pre
+            elif needs_pretraining:
                 pre = pretrain(paths["unlabelled"], pre_out, seed, cutoff, args)
                 encoder, encoder_file = pre["encoder"], pre_out / "encoder.pt"
                 results.setdefault("pretraining", {})[seed] = pre
@@ -250,6 +264,8 @@ def main() -> None:
     parser.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an mlff pretrain option (repeatable)")  # fmt: skip
     parser.add_argument("--work", default="bench_pretraining")
+    parser.add_argument("--reuse-pretraining", action="store_true",
+                        help="use WORK/DATASET/pretrain_seedN/encoder.pt if it exists")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no training progress lines")
     args = parser.parse_args()
