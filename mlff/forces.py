@@ -134,10 +134,21 @@ def _evaluate_compiled(
         graph.cell,
         compute_stress,
     )
+    return compiled_results(graph, energies, forces, strain_derivative if compute_stress else None)
+
+
+def compiled_results(
+    graph: AtomicGraph,
+    energies: torch.Tensor,
+    forces: torch.Tensor,
+    strain_derivative: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """:func:`evaluate`'s results from a compiled graph's per-atom energies (n_atoms,) eV, forces
+    (n_atoms, 3) eV/Å and, for the stress, dE/d(strain) (n_graphs, 3, 3) eV or None."""
     energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
     results = {"energy": energy.index_add(0, graph.batch, energies), "energies": energies}
     results["forces"] = forces
-    if compute_stress:
+    if strain_derivative is not None:
         results["stress"] = stress_from_strain(strain_derivative, graph.volumes().to(forces.dtype))
     return results
 

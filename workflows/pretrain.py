@@ -6,22 +6,18 @@ import sys
 
 import click
 from mlff.workflows.common import cli_errors
-from mlff.workflows.train import _parse_model_options
+from mlff.workflows.run_options import add_options, dataclass_defaults, resolve_config
 
-_DEFAULTS = None
+_DEFAULTS: dict | None = None
 
 
 def _default(name: str):
     """The default of a pretraining option, from :class:`mlff.pretraining.config.PretrainConfig`."""
     global _DEFAULTS
     if _DEFAULTS is None:
-        import dataclasses
-
         from mlff.pretraining.config import PretrainConfig  # no torch: --help stays quick
 
-        _DEFAULTS = {
-            f.name: f.default for f in dataclasses.fields(PretrainConfig) if f.default is not None
-        }
+        _DEFAULTS = dataclass_defaults(PretrainConfig)
     return _DEFAULTS.get(name)
 
 
@@ -76,16 +72,7 @@ _SPECS = [
 
 
 def _options(function):
-    for long, short, spec in reversed(_SPECS):
-        names = [long] + ([short] if short else [])
-        if spec.get("multiple"):
-            function = click.option(*names, **spec)(function)
-            continue
-        default = _default(long[2:].replace("-", "_"))
-        function = click.option(*names, default=default, show_default=default is not None, **spec)(
-            function
-        )
-    return function
+    return add_options(function, _SPECS, _default)
 
 
 @click.command("pretrain", context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,31 +96,13 @@ def pretrain(ctx: click.Context, data, config_file, resume, **options) -> None:
     Writes encoder.pt (for mlff train --encoder unimol --init OUT/encoder.pt), a checkpoint,
     metrics.csv, config.yaml, learning_curves.png and summary.json to --out.
     """
-    from click.core import ParameterSource
-
-    given = {
-        name: value
-        for name, value in options.items()
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-    }
-    if "model_option" in given:
-        given["model_options"] = _parse_model_options(given.pop("model_option"))
-    if data:
-        given["data"] = list(data)
-
     from mlff.pretraining.config import pretrain_config_from_dict, read_pretrain_config
     from mlff.pretraining.run import pretrain_config_for_resume, run_pretraining
 
-    if resume:
-        if config_file or data:
-            raise click.UsageError("--resume takes the data and options of the run it continues")
-        config = pretrain_config_for_resume(resume, given)
-    else:
-        values = read_pretrain_config(config_file) if config_file else {}
-        values.update(given)
-        config = pretrain_config_from_dict(values, where=config_file or "options")
-        if not config.data:
-            raise click.UsageError("give the structure file(s), or --config or --resume")
+    config = resolve_config(
+        ctx, data, config_file, resume, options, read_pretrain_config,
+        pretrain_config_from_dict, pretrain_config_for_resume, "structure file(s)",
+    )  # fmt: skip
     result = run_pretraining(config, resume=bool(resume))
     click.echo(
         f"stopped ({result.stopped}) after {result.epochs} epochs, {result.steps} steps, "

@@ -13,36 +13,19 @@ import sys
 
 import click
 from mlff.workflows.common import cli_errors
+from mlff.workflows.run_options import add_options, dataclass_defaults, resolve_config
 
-_DEFAULTS = None
+_DEFAULTS: dict | None = None
 
 
 def _default(name: str):
     """The default of a training option, from :class:`mlff.training.config.TrainConfig`."""
     global _DEFAULTS
     if _DEFAULTS is None:
-        import dataclasses
-
         from mlff.training.config import TrainConfig  # imports no torch: --help stays quick
 
-        _DEFAULTS = {
-            f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not None
-        }
+        _DEFAULTS = dataclass_defaults(TrainConfig)
     return _DEFAULTS.get(name)
-
-
-def _parse_model_options(values: tuple[str, ...]) -> dict:
-    import yaml
-
-    options = {}
-    for item in values:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(
-                f"expected KEY=VALUE, got {item!r}", param_hint="--model-option"
-            )
-        options[key.strip()] = yaml.safe_load(text)
-    return options
 
 
 def _options(function):
@@ -116,9 +99,10 @@ def _options(function):
             "--init-mode",
             None,
             {
-                "type": click.Choice(["finetune", "freeze", "low-lr"]),
+                "type": click.Choice(["auto", "finetune", "freeze", "low-lr"]),
                 "help": "With --init: train every weight (finetune), keep the encoder fixed "
-                "(freeze), or train it at --encoder-lr-ratio times the rate (low-lr).",
+                "(freeze), or train it at --encoder-lr-ratio times the rate (low-lr); auto: "
+                "freeze, the best measured.",
             },
         ),
         (
@@ -217,17 +201,7 @@ def _options(function):
             },
         ),
     ]
-    for long, short, spec in reversed(specs):
-        name = long[2:].replace("-", "_")
-        default = _default(name)
-        names = [long] + ([short] if short else [])
-        if spec.get("multiple"):
-            function = click.option(*names, **spec)(function)
-        else:
-            function = click.option(
-                *names, default=default, show_default=default is not None, **spec
-            )(function)
-    return function
+    return add_options(function, specs, _default)
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
@@ -250,32 +224,14 @@ def train(ctx: click.Context, data, config_file, resume, **options) -> None:
     Writes model.pt (best EMA weights), checkpoints, metrics.csv, config.yaml and plots to
     --out. Energies, forces and stress are found under the usual keys.
     """
-    from click.core import ParameterSource
-
-    given = {
-        name: value
-        for name, value in options.items()
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-    }
-    if "model_option" in given:
-        given["model_options"] = _parse_model_options(given.pop("model_option"))
-    if data:
-        given["data"] = list(data)
-
     from mlff.training import run_training
     from mlff.training.config import config_from_dict, read_config
     from mlff.training.outputs import config_for_resume
 
-    if resume:
-        if config_file or data:
-            raise click.UsageError("--resume takes the data and options of the run it continues")
-        config = config_for_resume(resume, given)
-    else:
-        values = read_config(config_file) if config_file else {}
-        values.update(given)
-        config = config_from_dict(values, where=config_file or "options")
-        if not config.data:
-            raise click.UsageError("give the training DATA file(s), or --config or --resume")
+    config = resolve_config(
+        ctx, data, config_file, resume, options, read_config, config_from_dict,
+        config_for_resume, "training DATA file(s)",
+    )  # fmt: skip
     result = run_training(config, resume=bool(resume))
     if int(os.environ.get("RANK", "0")) != 0:
         return

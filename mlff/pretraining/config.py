@@ -11,12 +11,10 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mlff.errors import DataError
+from mlff.training.config import options_from_dict, read_options, write_options
 
 
 @dataclass
@@ -114,41 +112,14 @@ FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
 
 def pretrain_config_from_dict(values: dict[str, Any], where: str = "options") -> PretrainConfig:
     """A :class:`PretrainConfig` from plain values; unknown keys are refused naming ``where``."""
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - FIELDS)
-    if unknown:
-        raise DataError(
-            f"{where}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}"
-        )
-    if isinstance(values.get("data"), (str, os.PathLike)):
-        values["data"] = [values["data"]]
-    if values.get("data") is not None:
-        values["data"] = [str(p) for p in values["data"]]
-    if values.get("model_options") is None:
-        values.pop("model_options", None)
-    return PretrainConfig(**values)
+    return options_from_dict(PretrainConfig, values, where)
 
 
 def read_pretrain_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The option values in a YAML file (a mapping of option name to value)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0]
-        raise DataError(f"{path}: not valid YAML ({first})") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise DataError(f"{path}: a config file must hold a mapping of option: value")
-    return values
+    """The pretraining options in a YAML file (a mapping of option name to value)."""
+    return read_options(path, PretrainConfig)
 
 
 def write_pretrain_config(config: PretrainConfig, path: str | os.PathLike) -> None:
     """Write every option of ``config`` to ``path`` as YAML (atomically)."""
-    from mlff.files import atomic_write
-
-    text = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_options(config, path)

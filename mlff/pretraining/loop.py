@@ -31,7 +31,7 @@ from mlff.pretraining.losses import PretrainingWeights, pretraining_losses, tota
 from mlff.pretraining.masking import Corruption, corrupt, generator
 from mlff.signals import GracefulStop
 from mlff.training.ema import ExponentialMovingAverage
-from mlff.training.loop import Progress
+from mlff.training.loop import Progress, limit_reached
 from mlff.training.schedule import LearningRateSchedule
 
 FIGURES = ("loss", "atoms_loss", "atoms_accuracy", "coordinates_loss", "distances_loss")
@@ -265,14 +265,7 @@ class PretrainingLoop:
         return text
 
     def _limits_reached(self) -> str:
-        progress, settings = self.progress, self.settings
-        if progress.epoch >= settings.epochs:
-            return "epochs"
-        if settings.time_limit_s and progress.elapsed >= settings.time_limit_s:
-            return "time limit"
-        if settings.patience and progress.stale >= settings.patience:
-            return "early stopping"
-        return ""
+        return limit_reached(self.progress, self.settings)
 
     def run(self) -> Progress:
         """Pretrain until a stopping condition; return the final :class:`Progress`."""

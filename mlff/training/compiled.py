@@ -24,7 +24,7 @@ from torch import nn
 
 from mlff.compiled import _force_function, _is_compiler_error, _traceable
 from mlff.errors import MLFFError
-from mlff.forces import evaluate, stress_from_strain
+from mlff.forces import compiled_results, evaluate
 from mlff.graph import AtomicGraph
 
 TRAIN_COMPILE_CHOICES = ("auto", "none", "inductor")
@@ -119,10 +119,5 @@ class EnergyAndForces(nn.Module):
                 graph.cell,
                 self.compute_stress,
             )
-        energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
-        results = {"energy": energy.index_add(0, graph.batch, energies), "energies": energies}
-        results["forces"] = forces
-        if self.compute_stress:
-            volumes = graph.volumes().to(forces.dtype)
-            results["stress"] = stress_from_strain(strain_derivative, volumes)
-        return results
+        stress_part = strain_derivative if self.compute_stress else None
+        return compiled_results(graph, energies, forces, stress_part)

@@ -94,6 +94,18 @@ class Progress:
         return cls(**values)
 
 
+def limit_reached(progress: Progress, settings) -> str:
+    """Which limit of ``settings`` (``epochs``, ``time_limit_s``, ``patience``) ``progress`` has
+    reached: "epochs", "time limit", "early stopping", or "" for none. Shared by pretraining."""
+    if progress.epoch >= settings.epochs:
+        return "epochs"
+    if settings.time_limit_s and progress.elapsed >= settings.time_limit_s:
+        return "time limit"
+    if settings.patience and progress.stale >= settings.patience:
+        return "early stopping"
+    return ""
+
+
 # the module a step calls (kept under its old name for benchmarks/training_step.py)
 _EnergyAndForces = EnergyAndForces
 
@@ -361,14 +373,7 @@ class TrainingLoop:
 
     # -- the run ---------------------------------------------------------------------------
     def _limits_reached(self) -> str:
-        progress, settings = self.progress, self.settings
-        if progress.epoch >= settings.epochs:
-            return "epochs"
-        if settings.time_limit_s and progress.elapsed >= settings.time_limit_s:
-            return "time limit"
-        if settings.patience and progress.stale >= settings.patience:
-            return "early stopping"
-        return ""
+        return limit_reached(self.progress, self.settings)
 
     def run(self) -> Progress:
         """Train until a stopping condition; return the final :class:`Progress`."""

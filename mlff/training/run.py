@@ -30,7 +30,7 @@ from mlff.pretraining.files import PretrainedEncoder, check_compatible, read_enc
 from mlff.runtime import keep_freed_memory, resolve_device, set_threads
 from mlff.training.checkpoint import load_checkpoint
 from mlff.training.compiled import resolve_train_compile
-from mlff.training.config import TrainConfig, write_config
+from mlff.training.config import AUTO_INIT_MODE, TrainConfig, write_config
 from mlff.training.dataset import GraphSet
 from mlff.training.denoising import Denoiser
 from mlff.training.distributed import (
@@ -127,12 +127,13 @@ def _build(config: TrainConfig, data: Datasets, pretrained: PretrainedEncoder | 
 def _parameter_groups(model, config: TrainConfig, extra: list) -> list[dict]:
     """The optimiser's parameter groups: one, or with ``--init`` under ``--init-mode low-lr``
     the encoder apart at ``encoder_lr_ratio`` times the rate; ``freeze`` fixes the encoder."""
-    if not config.init or config.init_mode == "finetune":
+    mode = AUTO_INIT_MODE if config.init_mode == "auto" else config.init_mode
+    if not config.init or mode == "finetune":
         return [{"params": list(model.parameters()) + extra}]
     encoder = list(model.encoder.parameters())
     mine = {id(p) for p in encoder}
     rest = [p for p in model.parameters() if id(p) not in mine] + extra
-    if config.init_mode == "freeze":
+    if mode == "freeze":
         for parameter in encoder:
             parameter.requires_grad_(False)
         return [{"params": rest}]
