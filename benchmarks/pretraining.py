@@ -257,7 +257,9 @@ def main() -> None:
     parser.add_argument("--subsets", type=_list(int), default=[50, 200, 950])
     parser.add_argument("--arms", type=_list(str), default=list(ARMS))
     parser.add_argument("--test-frames", type=int, default=None, help="held-out test frames")
-    parser.add_argument("--init-mode", default="finetune", choices=["finetune", "freeze", "low-lr"])
+    parser.add_argument(
+        "--init-mode", default="auto", choices=["auto", "finetune", "freeze", "low-lr"]
+    )
     parser.add_argument("--denoise-weight", type=float, default=1.0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an mlff train option for every arm (repeatable)")  # fmt: skip
