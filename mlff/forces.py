@@ -125,7 +125,15 @@ def _evaluate_compiled(
     compiled: CompiledForces, species: torch.Tensor, graph: AtomicGraph, compute_stress: bool
 ) -> dict[str, torch.Tensor]:
     """:func:`evaluate` through the model's compiled graph (inference only)."""
-    energies, forces, strain_derivative = compiled(
+    return compiled_evaluation(compiled, species, graph, compute_stress)
+
+
+def compiled_evaluation(
+    function, species: torch.Tensor, graph: AtomicGraph, compute_stress: bool
+) -> dict[str, torch.Tensor]:
+    """:func:`evaluate`'s results from a compiled force ``function`` (the signature of
+    :class:`~mlff.compiled.CompiledForces`; compiled inference and compiled training steps)."""
+    energies, forces, strain_derivative = function(
         species,
         graph.edge_index,
         graph.edge_shifts,
@@ -134,21 +142,10 @@ def _evaluate_compiled(
         graph.cell,
         compute_stress,
     )
-    return compiled_results(graph, energies, forces, strain_derivative if compute_stress else None)
-
-
-def compiled_results(
-    graph: AtomicGraph,
-    energies: torch.Tensor,
-    forces: torch.Tensor,
-    strain_derivative: torch.Tensor | None,
-) -> dict[str, torch.Tensor]:
-    """:func:`evaluate`'s results from a compiled graph's per-atom energies (n_atoms,) eV, forces
-    (n_atoms, 3) eV/Å and, for the stress, dE/d(strain) (n_graphs, 3, 3) eV or None."""
     energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
     results = {"energy": energy.index_add(0, graph.batch, energies), "energies": energies}
     results["forces"] = forces
-    if strain_derivative is not None:
+    if compute_stress:
         results["stress"] = stress_from_strain(strain_derivative, graph.volumes().to(forces.dtype))
     return results
 

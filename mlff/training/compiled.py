@@ -24,7 +24,7 @@ from torch import nn
 
 from mlff.compiled import _force_function, _is_compiler_error, _traceable
 from mlff.errors import MLFFError
-from mlff.forces import compiled_results, evaluate
+from mlff.forces import compiled_evaluation, evaluate
 from mlff.graph import AtomicGraph
 
 TRAIN_COMPILE_CHOICES = ("auto", "none", "inductor")
@@ -110,14 +110,4 @@ class EnergyAndForces(nn.Module):
         species = model.species_index(graph.numbers).to(model.device)  # checked on the host
         graph = graph.to(model.device, model.dtype)
         with _traceable(model.potential):
-            energies, forces, strain_derivative = self._compiled(
-                species,
-                graph.edge_index,
-                graph.edge_shifts,
-                graph.batch,
-                graph.positions,
-                graph.cell,
-                self.compute_stress,
-            )
-        stress_part = strain_derivative if self.compute_stress else None
-        return compiled_results(graph, energies, forces, stress_part)
+            return compiled_evaluation(self._compiled, species, graph, self.compute_stress)
