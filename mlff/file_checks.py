@@ -22,43 +22,46 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 CONFIG_KEYS = {"potential": str, "encoder": str, "elements": list, "cutoff": (int, float)}
 
 
-def _fail(where: str, problem: str) -> ModelFileError:
+def fail(where: str, problem: str) -> ModelFileError:
+    """The one-line error for a bad model or pretrained-encoder file at ``where``."""
     return ModelFileError(f"{where}: {problem}"[:400])
 
 
 def _config(payload: dict, where: str) -> dict[str, Any]:
     text = payload.get("config")
     if not isinstance(text, str):
-        raise _fail(where, "the model file has no config text")
+        raise fail(where, "the model file has no config text")
     try:
         config = json.loads(text)
     except ValueError as error:
-        raise _fail(where, f"the model config is not valid JSON ({error})") from None
+        raise fail(where, f"the model config is not valid JSON ({error})") from None
     if not isinstance(config, dict):
-        raise _fail(where, f"the model config is a {type(config).__name__}, not a mapping")
+        raise fail(where, f"the model config is a {type(config).__name__}, not a mapping")
     for key, kind in CONFIG_KEYS.items():
         value = config.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise _fail(where, f"the model config's {key!r} is missing or invalid ({value!r})")
+            raise fail(where, f"the model config's {key!r} is missing or invalid ({value!r})")
     if not all(isinstance(e, str) for e in config["elements"]):
-        raise _fail(where, f"the model config's elements are not symbols: {config['elements']}")
+        raise fail(where, f"the model config's elements are not symbols: {config['elements']}")
     if not (math.isfinite(config["cutoff"]) and config["cutoff"] > 0):
-        raise _fail(where, f"the model config's cutoff {config['cutoff']!r} is not a length > 0")
+        raise fail(where, f"the model config's cutoff {config['cutoff']!r} is not a length > 0")
     hyper = config.setdefault("hyperparameters", {})
     if not isinstance(hyper, dict):
-        raise _fail(where, f"the model config's hyperparameters are not a mapping: {hyper!r}")
+        raise fail(where, f"the model config's hyperparameters are not a mapping: {hyper!r}")
     return config
 
 
-def _state(payload: dict, where: str) -> dict[str, torch.Tensor]:
+def checked_state(payload: dict, where: str, kind: str = "model file") -> dict[str, torch.Tensor]:
+    """The payload's ``state_dict``: names to finite tensors, else one line naming ``where``
+    (``kind`` names the file in that line; pretrained-encoder files share this check)."""
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not state:
-        raise _fail(where, "the model file holds no weights (state_dict)")
+        raise fail(where, f"the {kind} holds no weights (state_dict)")
     for name, tensor in state.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise _fail(where, f"weight {name!r} is not a tensor")
+            raise fail(where, f"weight {name!r} is not a tensor")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise _fail(where, f"weight {name!r} holds NaN or infinite values")
+            raise fail(where, f"weight {name!r} holds NaN or infinite values")
     return state
 
 
@@ -70,7 +73,7 @@ def _bound_integers(config: dict, n_values: int, where: str) -> None:
     """
     for key, value in config["hyperparameters"].items():
         if isinstance(value, int) and not isinstance(value, bool) and value > max(n_values, 64):
-            raise _fail(
+            raise fail(
                 where,
                 f"the model config asks for {key}={value}, more than the {n_values} values "
                 "the file stores: config and weights do not match",
@@ -83,7 +86,7 @@ def _compare_shapes(config: dict, state: dict[str, torch.Tensor], where: str) ->
             skeleton = build_from_config(config)
     except Exception as error:  # the config is untrusted: any failure is the file's fault
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _fail(where, f"the model config describes no model mlff can build ({text})") from None
+        raise fail(where, f"the model config describes no model mlff can build ({text})") from None
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     stored = {name: tuple(t.shape) for name, t in state.items()}
     missing = sorted(set(expected) - set(stored))
@@ -91,10 +94,10 @@ def _compare_shapes(config: dict, state: dict[str, torch.Tensor], where: str) ->
     if missing or extra:
         names = ", ".join((missing or extra)[:3])
         what = "lacks" if missing else "has unexpected"
-        raise _fail(where, f"config and weights do not match: the file {what} weights {names}")
+        raise fail(where, f"config and weights do not match: the file {what} weights {names}")
     for name, shape in expected.items():
         if stored[name] != shape:
-            raise _fail(
+            raise fail(
                 where,
                 f"config and weights do not match: weight {name!r} is stored with shape "
                 f"{list(stored[name])}, the config implies {list(shape)}",
@@ -109,8 +112,8 @@ def check_payload(payload: dict, where: str) -> tuple[dict, torch.dtype, dict[st
     config = _config(payload, where)
     dtype_name = payload.get("dtype", "float64")
     if dtype_name not in DTYPES:
-        raise _fail(where, f"the model dtype {dtype_name!r} is not one of {sorted(DTYPES)}")
-    state = _state(payload, where)
+        raise fail(where, f"the model dtype {dtype_name!r} is not one of {sorted(DTYPES)}")
+    state = checked_state(payload, where)
     n_values = sum(t.numel() for t in state.values())
     _bound_integers(config, n_values, where)
     _compare_shapes(config, state, where)

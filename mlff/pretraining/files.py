@@ -30,7 +30,7 @@ from ase.data import atomic_numbers
 
 from mlff._version import __version__
 from mlff.errors import DataError, ModelFileError
-from mlff.file_checks import DTYPES
+from mlff.file_checks import DTYPES, checked_state, fail
 from mlff.files import FORMAT as MODEL_FORMAT
 from mlff.files import PRETRAINED_FORMAT, atomic_write, read_archive
 from mlff.potentials.unimol import UniMolEncoder
@@ -89,10 +89,6 @@ def read_pretrained(path: str | os.PathLike) -> dict:
     return payload
 
 
-def _fail(where: str, problem: str) -> ModelFileError:
-    return ModelFileError(f"{where}: {problem}"[:400])
-
-
 def _config(payload: dict, where: str) -> dict[str, Any]:
     text = payload.get("config")
     try:
@@ -100,9 +96,9 @@ def _config(payload: dict, where: str) -> dict[str, Any]:
     except ValueError:
         config = None
     if not isinstance(config, dict):
-        raise _fail(where, "the file's config is missing or not a JSON mapping")
+        raise fail(where, "the file's config is missing or not a JSON mapping")
     if config.get("encoder") != "unimol":
-        raise _fail(where, f"the file's encoder {config.get('encoder')!r} is not 'unimol'")
+        raise fail(where, f"the file's encoder {config.get('encoder')!r} is not 'unimol'")
     elements = config.get("elements")
     if (
         not isinstance(elements, list)
@@ -110,35 +106,23 @@ def _config(payload: dict, where: str) -> dict[str, Any]:
         or not all(isinstance(e, str) and e in atomic_numbers and e != "X" for e in elements)
         or len(set(elements)) != len(elements)
     ):
-        raise _fail(where, f"the file's elements are not a list of distinct symbols: {elements!r}")
+        raise fail(where, f"the file's elements are not a list of distinct symbols: {elements!r}")
     cutoff = config.get("cutoff")
     if (
         not isinstance(cutoff, (int, float))
         or isinstance(cutoff, bool)
         or not (math.isfinite(cutoff) and cutoff > 0)
     ):
-        raise _fail(where, f"the file's cutoff {cutoff!r} is not a length > 0 Å")
+        raise fail(where, f"the file's cutoff {cutoff!r} is not a length > 0 Å")
     hyper = config.get("hyperparameters", {})
     if not isinstance(hyper, dict):
-        raise _fail(where, f"the file's encoder hyperparameters are not a mapping: {hyper!r}")
+        raise fail(where, f"the file's encoder hyperparameters are not a mapping: {hyper!r}")
     for key, value in hyper.items():
         if key not in ENCODER_KEYS:
-            raise _fail(where, f"the file's encoder hyperparameter {key!r} is unknown")
+            raise fail(where, f"the file's encoder hyperparameter {key!r} is unknown")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise _fail(where, f"the file's encoder hyperparameter {key}={value!r} is not a number")
+            raise fail(where, f"the file's encoder hyperparameter {key}={value!r} is not a number")
     return config
-
-
-def _state(payload: dict, where: str) -> dict[str, torch.Tensor]:
-    state = payload.get("state_dict")
-    if not isinstance(state, dict) or not state:
-        raise _fail(where, "the file holds no weights (state_dict)")
-    for name, tensor in state.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise _fail(where, f"weight {name!r} is not a tensor")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise _fail(where, f"weight {name!r} holds NaN or infinite values")
-    return state
 
 
 def _build_checked(config: dict, state: dict[str, torch.Tensor], where: str) -> PretrainingModel:
@@ -146,7 +130,7 @@ def _build_checked(config: dict, state: dict[str, torch.Tensor], where: str) -> 
     n_values = sum(t.numel() for t in state.values())
     for key, value in config["hyperparameters"].items():
         if isinstance(value, int) and value > max(n_values, 64):
-            raise _fail(where, f"the config asks for {key}={value}, more than the file stores")
+            raise fail(where, f"the config asks for {key}={value}, more than the file stores")
 
     def build() -> PretrainingModel:
         return PretrainingModel(
@@ -158,15 +142,15 @@ def _build_checked(config: dict, state: dict[str, torch.Tensor], where: str) -> 
             skeleton = build()
     except Exception as error:  # the config is untrusted: any failure is the file's fault
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _fail(where, f"the config describes no encoder mlff can build ({text})") from None
+        raise fail(where, f"the config describes no encoder mlff can build ({text})") from None
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     stored = {name: tuple(t.shape) for name, t in state.items()}
     if set(expected) != set(stored):
         names = ", ".join(sorted(set(expected) ^ set(stored))[:3])
-        raise _fail(where, f"config and weights do not match (weights {names})")
+        raise fail(where, f"config and weights do not match (weights {names})")
     for name, shape in expected.items():
         if stored[name] != shape:
-            raise _fail(
+            raise fail(
                 where, f"weight {name!r} is stored as {list(stored[name])}, the config implies "
                 f"{list(shape)}"
             )  # fmt: skip
@@ -178,8 +162,8 @@ def pretrained_from_payload(payload: dict, where: str) -> PretrainingModel:
     config = _config(payload, where)
     dtype_name = payload.get("dtype", "float32")
     if dtype_name not in DTYPES:
-        raise _fail(where, f"the file's dtype {dtype_name!r} is not one of {sorted(DTYPES)}")
-    state = _state(payload, where)
+        raise fail(where, f"the file's dtype {dtype_name!r} is not one of {sorted(DTYPES)}")
+    state = checked_state(payload, where, kind="file")
     model = _build_checked(config, state, where).to(DTYPES[dtype_name])
     model.load_state_dict(state)
     return model
