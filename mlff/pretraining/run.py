@@ -83,32 +83,14 @@ def _optimizer(model: PretrainingModel, config: PretrainConfig) -> torch.optim.O
 
 def plot_pretraining_curves(log: MetricsLog, path: str | os.PathLike) -> None:
     """Total, masked-atom and coordinate losses and the learning rate against epoch."""
-    from mlff.training.plots import _pyplot
+    from mlff.training.plots import plot_curves
 
-    plt = _pyplot()
-    epoch = log.column("epoch")
-    figure, axes = plt.subplots(2, 2, figsize=(9, 7), constrained_layout=True)
     panels = (
         ("loss", "loss"),
         ("masked atoms: cross-entropy", "atoms_loss"),
         ("coordinates: ((dx + noise) / sigma)^2", "coordinates_loss"),
     )
-    for axis, (title, name) in zip(axes.flat, panels, strict=False):
-        for part, label in (("train", "train (running)"), ("valid", "valid (EMA)")):
-            values = log.column(f"{part}_{name}")
-            if values.size and np.isfinite(values).any():
-                axis.plot(epoch, values, label=label)
-        axis.set_title(title)
-        axis.set_xlabel("epoch")
-        if axis.lines:
-            axis.legend()
-    axis = axes.flat[3]
-    axis.plot(epoch, log.column("lr"))
-    axis.set_title("learning rate")
-    axis.set_xlabel("epoch")
-    axis.set_yscale("log")
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    plt.close(figure)
+    plot_curves(log, path, panels, log_scale=False)
 
 
 def run_pretraining(

@@ -20,30 +20,34 @@ def _pyplot():
 
 def plot_learning_curves(log: MetricsLog, path: str | os.PathLike) -> None:
     """Loss, energy MAE, force MAE and learning rate against epoch, train and valid."""
+    panels = (
+        ("loss", "loss"),
+        ("energy MAE (meV/atom)", "energy_mae_mev_per_atom"),
+        ("force MAE (meV/Å)", "forces_mae_mev_per_a"),
+    )
+    plot_curves(log, path, panels, log_scale=True)
+
+
+def plot_curves(log: MetricsLog, path: str | os.PathLike, panels: tuple, log_scale: bool) -> None:
+    """Three panels of ``(title, figure)``, each the ``train_<figure>`` (running) and
+    ``valid_<figure>`` (EMA) columns of ``log`` against epoch (a log axis with ``log_scale``),
+    and the learning rate in the fourth; written as PNG to ``path``."""
     from mlff.files import atomic_write
 
     plt = _pyplot()
     epoch = log.column("epoch")
-    panels = (
-        ("loss", "train_loss", "valid_loss", "loss"),
-        (
-            "energy MAE (meV/atom)",
-            "train_energy_mae_mev_per_atom",
-            "valid_energy_mae_mev_per_atom",
-            None,
-        ),
-        ("force MAE (meV/Å)", "train_forces_mae_mev_per_a", "valid_forces_mae_mev_per_a", None),
-    )
     figure, axes = plt.subplots(2, 2, figsize=(9, 7), constrained_layout=True)
-    for axis, (title, train, valid, _) in zip(axes.flat, panels, strict=False):
-        for name, label in ((train, "train (running)"), (valid, "valid (EMA)")):
-            values = log.column(name) if log.rows and name in log.rows[0] else np.array([])
+    for axis, (title, name) in zip(axes.flat, panels, strict=False):
+        for part, label in (("train", "train (running)"), ("valid", "valid (EMA)")):
+            column = f"{part}_{name}"
+            values = log.column(column) if log.rows and column in log.rows[0] else np.array([])
             if values.size and np.isfinite(values).any():
                 axis.plot(epoch, values, label=label)
         axis.set_title(title)
         axis.set_xlabel("epoch")
         if axis.lines:
-            axis.set_yscale("log")
+            if log_scale:
+                axis.set_yscale("log")
             axis.legend()
     axis = axes.flat[3]
     axis.plot(epoch, log.column("lr"))
