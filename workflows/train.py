@@ -137,6 +137,15 @@ def _options(function):
         ("--min-lr-ratio", None, {"type": float, "help": "Final / peak learning rate."}),
         ("--plateau-patience", None, {"type": int, "help": "Plateau: epochs before a cut."}),
         ("--plateau-factor", None, {"type": float, "help": "Plateau: factor of a cut."}),
+        (
+            "--optimizer",
+            None,
+            {
+                "type": click.Choice(["auto", "muon", "adamw"]),
+                "help": "muon: Muon on the hidden weight matrices, AdamW on the rest; auto: "
+                "muon for an EGNN without encoder on molecules, else adamw.",
+            },
+        ),
         ("--clip-grad", None, {"type": float, "help": "Max gradient norm (0: no clipping)."}),
         ("--ema-decay", None, {"type": float, "help": "EMA decay of the weights."}),
         ("--epochs", None, {"type": int, "help": "Maximum epochs."}),

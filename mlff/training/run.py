@@ -43,6 +43,7 @@ from mlff.training.ema import ExponentialMovingAverage
 from mlff.training.loop import LoopSettings, Progress, TrainingLoop
 from mlff.training.loss import LossWeights
 from mlff.training.metrics import MetricsLog
+from mlff.training.optimizers import make_optimizer, resolve_optimizer
 from mlff.training.outputs import (
     LAST,
     METRICS_COLUMNS,
@@ -140,14 +141,12 @@ def _parameter_groups(model, config: TrainConfig, extra: list) -> list[dict]:
     return [{"params": rest}, {"params": encoder, "lr_scale": config.encoder_lr_ratio}]
 
 
-def _optimizer(model, config: TrainConfig, extra: list | None = None) -> torch.optim.Optimizer:
-    """AdamW; the fused kernel where torch has one for the device (fewer, larger operations).
-    ``extra``: parameters trained besides the model's (the denoising head)."""
+def _optimizer(model, config: TrainConfig, kind: str, extra: list | None = None):
+    """The optimiser ``kind`` ("muon" or "adamw", :mod:`mlff.training.optimizers`) over the
+    parameter groups. ``extra``: parameters trained besides the model's (the denoising head)."""
     groups = _parameter_groups(model, config, list(extra or []))
-    try:
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    names = {id(p): name for name, p in model.named_parameters()}
+    return make_optimizer(kind, groups, names, config.lr, config.weight_decay)
 
 
 def _log_to_stderr(message: str) -> None:
@@ -278,7 +277,11 @@ def _run(
 
     ema = ExponentialMovingAverage(model, config.ema_decay)
     extra = list(denoiser.parameters()) if denoiser is not None else None
-    optimizer = _optimizer(model, config, extra)
+    model_kind = (config.potential, config.encoder)
+    kind = resolve_optimizer(config.optimizer, data.train, model_kind, checkpoint, out / LAST)
+    optimizer = _optimizer(model, config, kind, extra)
+    if context.is_main and config.optimizer == "auto" and checkpoint is None:
+        log(f"optimizer: {kind} (auto: muon for an EGNN without encoder on molecules)")
     schedule = LearningRateSchedule(
         optimizer,
         config.lr,
