@@ -187,3 +187,8 @@ def resolve_optimizer(
         return choice
     periodic = any(bool(graph.pbc.any()) for graph in train.graphs)
     return "muon" if tuple(model_kind) == ("egnn", "none") and not periodic else "adamw"
+
+
+def optimizer_name(optimizer) -> str:
+    """ "muon" or "adamw": which of :data:`OPTIMIZERS` ``optimizer`` is (for summaries)."""
+    return "muon" if isinstance(optimizer, MuonAdamW) else "adamw"

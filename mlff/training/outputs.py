@@ -20,6 +20,7 @@ from mlff.training.checkpoint import save_checkpoint
 from mlff.training.config import TrainConfig, config_from_dict
 from mlff.training.evaluation import evaluate_set
 from mlff.training.metrics import FIGURES, MetricsLog
+from mlff.training.optimizers import optimizer_name
 from mlff.training.plots import plot_learning_curves, plot_parity
 
 MODEL = "model.pt"
@@ -104,6 +105,7 @@ def finish_run(config, out, data, statistics, progress, metrics, loop, log) -> T
         "training_time_s": result.elapsed_s,
         "best_epoch": result.best_epoch,
         "compile": loop.settings.compile,
+        "optimizer": optimizer_name(loop.optimizer),
         "statistics": statistics.as_dict(),
         "valid": result.valid,
         "test": result.test,

@@ -88,6 +88,7 @@ def test_a_short_run_writes_every_output_and_config_reproduces_it(data, tmp_path
     assert float(rows[1]["wall_time_s"]) > float(rows[0]["wall_time_s"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "epochs" and summary["test"]["n_structures"] == 4
+    assert summary["optimizer"] == "muon"  # auto: an EGNN on molecules
     # the reported test figures are those of model.pt, recomputed here frame by frame
     expected = _errors_of(out / "model.pt", data["test"])
     for name, value in expected.items():
