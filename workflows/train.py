@@ -126,8 +126,16 @@ def _options(function):
         ("--loss", None, {"type": click.Choice(["mse", "huber"]), "help": "Loss function."}),
         ("--huber-delta", None, {"type": float, "help": "Huber threshold (eV/atom, eV/Å)."}),
         ("--batch-size", None, {"type": int, "help": "Structures per step."}),
-        ("--lr", None, {"type": float, "help": "Peak learning rate (AdamW)."}),
-        ("--weight-decay", None, {"type": float, "help": "AdamW weight decay."}),
+        (
+            "--lr",
+            None,
+            {"type": float, "help": "Peak learning rate (AdamW; Muon matches its update size)."},
+        ),
+        (
+            "--weight-decay",
+            None,
+            {"type": float, "help": "Decoupled weight decay (AdamW and Muon)."},
+        ),
         (
             "--schedule",
             None,

@@ -1,9 +1,10 @@
 """The training engine: epochs of optimiser steps, validation of the EMA weights, and stopping.
 
 One step: batch -> energies and forces (``create_graph=True``) -> loss -> backward (gradients
-averaged over processes by DistributedDataParallel) -> gradient-norm clipping -> AdamW ->
-EMA update -> learning rate for the new progress. After each epoch the EMA weights are
-validated; the hooks then write metrics, checkpoints and the best model.
+averaged over processes by DistributedDataParallel) -> gradient-norm clipping -> optimiser
+(Muon and AdamW, or AdamW: :mod:`.optimizers`) -> EMA update -> learning rate for the new
+progress. After each epoch the EMA weights are validated; the hooks then write metrics,
+checkpoints and the best model.
 
 The run stops after ``epochs``, at the time limit (training wall time over all sessions of the
 run), after ``patience`` validations without improvement, when the loss is no longer finite
