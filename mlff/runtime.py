@@ -95,7 +95,9 @@ def keep_freed_memory() -> bool:
     free, so each force call on a large structure touches its activations' pages anew: at
     16,384 Cu atoms the kernel's page faults took longer than the model (``docs/measurements.md``).
     Serving all allocations from the heap and never trimming it makes repeated calls reuse the
-    same pages. Process-wide and idempotent; returns whether it took effect (glibc only). Set
+    same pages. A trim threshold of -1 turns trimming off; the largest positive one (2 GB) did
+    not, since one call at 16,384 atoms frees more than that at the top of the heap.
+    Process-wide and idempotent; returns whether it took effect (glibc only). Set
     ``MLFF_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
     """
     global _allocator_tuned
@@ -109,7 +111,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _allocator_tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
     return _allocator_tuned
 
 
