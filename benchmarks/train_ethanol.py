@@ -48,8 +48,9 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ethanol
 def write_split(
     data: Path, work: Path, split: str = "auto", max_train: int = 0
 ) -> tuple[Path, Path]:
-    """Write a train/test split of ``data`` to ``work`` (once); ``max_train`` > 0 keeps only the
-    first that many training frames (the test set is unchanged).
+    """Write a train/test split of ``data`` to ``work`` (once); ``max_train`` > 0 keeps only that
+    many training frames (the test set is unchanged): the first of the random split's permuted
+    frames, or frames evenly spaced over the training trajectories, so that each contributes.
 
     ``random``: the issue's split, frames permuted with ``default_rng(42)``, the first 1,000 (at
     most half of the frames) for training. ``trajectory``: the frames of the last trajectory
@@ -68,7 +69,8 @@ def write_split(
     tags = [frame.info.get("trajectory") for frame in frames]
     if split == "trajectory" and None in tags:
         sys.exit(f"--split trajectory: {data} frame {tags.index(None)} has no trajectory tag")
-    if split == "trajectory" or (split == "auto" and None not in tags):
+    by_trajectory = split == "trajectory" or (split == "auto" and None not in tags)
+    if by_trajectory:
         last = max(tags)
         train_frames = [f for f, t in zip(frames, tags, strict=True) if t != last]
         test_frames = [f for f, t in zip(frames, tags, strict=True) if t == last]
@@ -77,7 +79,10 @@ def write_split(
         n_train = min(1000, len(frames) // 2)
         train_frames = [frames[i] for i in order[:n_train]]
         test_frames = [frames[i] for i in order[n_train:]]
-    if max_train > 0:
+    if 0 < max_train < len(train_frames) and by_trajectory:
+        spread = np.linspace(0, len(train_frames) - 1, max_train).round().astype(int)
+        train_frames = [train_frames[i] for i in spread]
+    elif max_train > 0:
         train_frames = train_frames[:max_train]
     if not train_frames or not test_frames:
         sys.exit(f"{data}: the split leaves no training or no test frames")
