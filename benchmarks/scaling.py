@@ -24,6 +24,9 @@ rattle. Columns:
   (python, torch and the model included). On CUDA ``peak MB`` is
   ``torch.cuda.max_memory_allocated`` during the calls minus the allocation before them and
   ``abs MB`` the maximum itself; the CPU figures are in the JSON rows too.
+* ``live MB`` (CPU, glibc): the peak of the bytes malloc has handed out and not yet freed during
+  the calls, above those in use before them: the tensors' own memory. ``peak MB`` is higher by
+  the freed memory that ``mlff.runtime.keep_freed_memory`` keeps for reuse (and fragmentation).
 
 A size whose child fails (out of memory, killed, over ``--timeout`` seconds) is reported as
 failed with the reason, and the table goes on; ``--memory-limit-gb`` (CPU) caps each child's
@@ -84,6 +87,46 @@ def protocol(n_atoms: int) -> dict[str, float]:
     return {"min_calls": 2, "min_seconds": 0.0, "max_calls": 2, "warmups": 2}
 
 
+class LiveMemory:
+    """Peak of the bytes glibc's malloc has handed out and not yet freed (``mallinfo2``), MB,
+    sampled every 2 ms by a thread: the tensors' own memory, where the peak RSS also counts
+    freed memory that :func:`mlff.runtime.keep_freed_memory` keeps for reuse. None off glibc."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import threading
+
+        class Info(ctypes.Structure):
+            names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+            _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+        try:
+            self._mallinfo = ctypes.CDLL(None).mallinfo2
+            self._mallinfo.restype = Info
+        except (OSError, AttributeError):
+            self._mallinfo = None
+        self.start = self.peak = self.now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if self._mallinfo is not None:
+            self._thread.start()
+
+    def now(self) -> float | None:
+        if self._mallinfo is None:
+            return None
+        info = self._mallinfo()
+        return (info.uordblks + info.hblkhd) / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self.now())
+
+    def stop(self) -> float | None:
+        """The peak above the bytes in use at the start, MB."""
+        self._stop.set()
+        return None if self._mallinfo is None else self.peak - self.start
+
+
 def one_size(args: argparse.Namespace) -> dict:
     """Child process: build, time and measure one size; the row as a dict."""
     import torch
@@ -114,10 +157,12 @@ def one_size(args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats()
             gpu_before = torch.cuda.memory_allocated() / 2**20
         row["rss_before_mb"] = rss_mb()
+        live = None if cuda else LiveMemory()
         times = call_times(
             atoms, calc, torch.cuda.synchronize if cuda else None, **protocol(len(atoms))
         )
         row["peak_rss_mb"] = peak_rss_mb()
+        row["peak_live_mb"] = None if live is None else live.stop()
         if cuda:
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
             row["peak_gpu_above_start_mb"] = row["peak_gpu_mb"] - gpu_before
@@ -257,7 +302,7 @@ def header(mace: bool) -> str:
     """The table's column names."""
     line = (
         f"{'atoms':>7s} {'cells':>9s} {'edges':>9s} {'ms/call':>10s} {'µs/atom':>8s} "
-        f"{'peak MB':>8s} {'abs MB':>8s}"
+        f"{'peak MB':>8s} {'abs MB':>8s} {'live MB':>8s}"
     )
     if mace:
         line += f" | {'MACE ms':>10s} {'µs/atom':>8s} {'peak MB':>8s} {'abs MB':>8s}"
@@ -273,7 +318,8 @@ def table_row(row: dict, mace: bool) -> str:
     else:
         line += (
             f"{row['ms_per_call']:10.1f} {row['us_per_atom']:8.1f} "
-            f"{fmt(row['peak_mb'], '.0f', 8)} {fmt(row['peak_abs_mb'], '.0f', 8)}"
+            f"{fmt(row['peak_mb'], '.0f', 8)} {fmt(row['peak_abs_mb'], '.0f', 8)} "
+            f"{fmt(row.get('peak_live_mb'), '.0f', 8)}"
         )
     if not mace:
         return line
