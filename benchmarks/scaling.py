@@ -123,8 +123,11 @@ class LiveMemory:
 
     def stop(self) -> float | None:
         """The peak above the bytes in use at the start, MB."""
+        if self._mallinfo is None:
+            return None
         self._stop.set()
-        return None if self._mallinfo is None else self.peak - self.start
+        self._thread.join()  # no sample lands after the peak is read
+        return self.peak - self.start
 
 
 def one_size(args: argparse.Namespace) -> dict:
