@@ -7,11 +7,17 @@ edge vectors, the model, and the gradient that gives forces and the strain deriv
 edges and systems), which inductor turns into fused kernels. The backward pass is part of that
 graph: no autograd engine runs at inference.
 
-While tracing, the model lays its edges out without reading them on the host (the EGNN's
-per-edge layout, :attr:`~mlff.potentials.egnn.EGNN.traceable`), so one graph is right for every
-edge list. Large structures (above the EGNN's chunking threshold, where eager evaluation bounds
-its memory by activation checkpointing), empty edge lists and training (``create_graph``) stay
-eager. Eager mode is the reference; ``tests/test_compiled.py`` checks both agree to round-off.
+Edge layouts: an EGNN with fixed coordinates whose neighbour counts are even (bulk, liquids,
+molecules alone or as replicas) gets its neighbour-block layout made eagerly before each call
+(:meth:`~mlff.potentials.egnn.EGNN.traced_layout`: one host read, kept while the same edge
+tensor comes back), its edges sorted by centre, and the block slots as graph inputs, the width
+as a symbolic size: the traced graph sums over neighbours with batched matmuls. Otherwise the
+model lays its edges out without reading them on the host (the per-edge layout,
+:attr:`~mlff.potentials.egnn.EGNN.traceable`). Either way one graph is right for every edge
+list of its kind. Large structures (above the EGNN's chunking threshold, where eager evaluation
+bounds its memory by activation checkpointing), empty edge lists and training
+(``create_graph``) stay eager. Eager mode is the reference; ``tests/test_compiled.py`` checks
+both layouts agree with it to round-off.
 
 Compiling costs about a minute on a CPU the first time, and again for each new kind of input
 (one system or several, with or without stress); inductor caches its kernels on disk
@@ -26,16 +32,21 @@ import torch
 
 from mlff.errors import MLFFError
 from mlff.model import ForceField
+from mlff.potentials.blocks import NeighbourBlocks
 from mlff.runtime import SINGLE_THREAD_EDGES_COMPILED, single_thread_below
 
 COMPILE_CHOICES = ("none", "inductor")
 # what `mlff md run --compile auto` may resolve to, besides the choices above
 AUTO = "auto"
-# an EGNN evaluates faster eagerly (on all threads, in neighbour blocks when its coordinates
-# are fixed) above about this many edges; below, compiled on one thread is faster
-# (benchmarks/compiled_crossover.py measures where: between 4,614 and 6,158 edges for both
-# layouts on the 2-core CPU, docs/measurements.md)
+# with per-edge sums in the traced graph, an EGNN evaluates faster eagerly (on all threads)
+# above about this many edges; below, compiled on one thread is faster
+# (benchmarks/compiled_crossover.py measures where: between 4,614 and 6,158 edges on the 2-core
+# CPU, docs/measurements.md). Traced in neighbour blocks it is faster up to Cu-2048 (87,550).
 MAX_EGNN_COMPILED_EDGES = 4096
+# from this many edges the traced graph takes an EGNN's neighbour-block layout, made eagerly
+# before each call, where the model has one (fixed coordinates, even neighbour counts): the
+# angular densities are then a batched matmul instead of an (edges, M, C) scatter
+MIN_COMPILED_BLOCK_EDGES = 1024
 # `--compile auto` compiles runs of at least this many steps. Compiling costs about 35 s on the
 # 2-core CPU the first time (about 5 s once inductor's disk cache holds the kernels) and the
 # compiled batched engine saves about 1.7 ms per step on one ethanol (772 against 350 steps/s,
@@ -64,22 +75,28 @@ def compile_model(
     return model
 
 
-def auto_compile_mode(model: ForceField, n_edges: int, steps: int) -> str:
+def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -> str:
     """What ``--compile auto`` means for a run of ``steps`` force calls of ``n_edges`` edges each
-    (all systems of a batch together): "inductor" where the compiled graph is measured to win
-    after its compile time, else "none".
+    (all systems of a batch together; ``graph``: their first :class:`~mlff.graph.AtomicGraph`,
+    batched, when known): "inductor" where the compiled graph is measured to win after its
+    compile time, else "none".
 
-    It wins for an EGNN on a CPU at or below :data:`MAX_EGNN_COMPILED_EDGES` edges per call
-    (above it the compiled graph is not used at all), in runs of at least
+    It wins for an EGNN on a CPU at or below :data:`MAX_EGNN_COMPILED_EDGES` edges per call,
+    and above that where its edges lay out in neighbour blocks (fixed coordinates, even
+    neighbour counts; :meth:`CompiledForces.layout`), in runs of at least
     :data:`AUTO_COMPILE_MIN_STEPS` steps. The TFN and GPUs have no such measurement yet, so they
     stay eager.
     """
     potential = model.potential
     is_egnn = getattr(potential, "max_chunk_edges", None) is not None
-    on_cpu = model.device.type == "cpu"
-    small = 0 < n_edges <= MAX_EGNN_COMPILED_EDGES
-    long_run = steps >= AUTO_COMPILE_MIN_STEPS
-    return "inductor" if is_egnn and on_cpu and small and long_run else "none"
+    if not is_egnn or model.device.type != "cpu" or steps < AUTO_COMPILE_MIN_STEPS:
+        return "none"
+    if 0 < n_edges <= MAX_EGNN_COMPILED_EDGES:
+        return "inductor"
+    if graph is None or n_edges > potential.max_chunk_edges:
+        return "none"
+    blocks = potential.traced_layout(graph.edge_index, graph.n_atoms)
+    return "inductor" if blocks is not None else "none"
 
 
 def is_compiled(model: ForceField) -> bool:
@@ -111,25 +128,37 @@ class CompiledForces:
             _force_function(model), backend=backend, dynamic=True, fullgraph=True
         )
         self._failed: str | None = None
+        self.min_block_edges = MIN_COMPILED_BLOCK_EDGES
 
     @property
     def failed(self) -> str | None:
         """Why the model could not be compiled (it then runs eagerly), or None."""
         return self._failed
 
-    def applies(self, n_atoms: int, n_edges: int) -> bool:
+    def applies(self, n_atoms: int, n_edges: int, edge_index: torch.Tensor | None = None) -> bool:
         """Whether the compiled graph serves a structure of this size (else: evaluate eagerly).
 
-        Not above an EGNN's :data:`MAX_EGNN_COMPILED_EDGES` (its eager layers, on every
-        thread, are faster there; this also keeps below its chunking threshold, where eager
-        chunks bound the memory). The TFN has no such limit.
+        An EGNN: up to :data:`MAX_EGNN_COMPILED_EDGES` edges in any layout, and above that,
+        up to its chunking threshold (where eager chunks bound the memory), only where its
+        ``edge_index`` lays out in neighbour blocks (:meth:`layout`); per edge, its eager
+        layers on every thread are faster there. The TFN has no such limit.
         """
-        potential = self.model.potential
-        limit = getattr(potential, "max_chunk_edges", None)
-        if limit is not None:
-            limit = min(limit, MAX_EGNN_COMPILED_EDGES)
-        too_big = limit is not None and n_edges > limit
-        return self._failed is None and n_atoms > 0 and n_edges > 0 and not too_big
+        if self._failed is not None or n_atoms <= 0 or n_edges <= 0:
+            return False
+        limit = getattr(self.model.potential, "max_chunk_edges", None)
+        if limit is None or n_edges <= min(limit, MAX_EGNN_COMPILED_EDGES):
+            return True
+        return edge_index is not None and self.layout(edge_index, n_atoms) is not None
+
+    def layout(self, edge_index: torch.Tensor, n_atoms: int) -> NeighbourBlocks | None:
+        """The potential's neighbour-block layout of ``edge_index`` for the traced graph (made
+        eagerly; one host read, kept while the same edge tensor comes back), or None: per-edge
+        sums in the graph. Blocks from :data:`MIN_COMPILED_BLOCK_EDGES` edges on."""
+        n_edges = int(edge_index.shape[1])
+        make = getattr(self.model.potential, "traced_layout", None)
+        if make is None or n_edges < self.min_block_edges:
+            return None
+        return make(edge_index, n_atoms)
 
     def __call__(
         self,
@@ -141,14 +170,20 @@ class CompiledForces:
         cell: torch.Tensor,
         compute_stress: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        inputs = (species, edge_index, edge_shifts, system, positions.detach(), cell.detach())
         n_edges = int(edge_index.shape[1])
+        blocks = self.layout(edge_index, len(positions))
+        edge_index, edge_shifts, layout = laid_out(blocks, edge_index, edge_shifts)
+        inputs = (species, edge_index, edge_shifts, system, positions.detach(), cell.detach())
+        # per-edge sums (atomic scatters) run faster on one thread up to this size; blocks don't
+        one_thread_below = SINGLE_THREAD_EDGES_COMPILED if blocks is None else 0
         with (
             _traceable(self.model.potential),
-            single_thread_below(n_edges, SINGLE_THREAD_EDGES_COMPILED, positions.device),
+            single_thread_below(n_edges, one_thread_below, positions.device),
         ):
             try:
-                energies, forces, strain_derivative = self._function(*inputs, compute_stress)
+                energies, forces, strain_derivative = self._function(
+                    *inputs, compute_stress, *layout
+                )
             except Exception as error:
                 if self._failed is not None or not _is_compiler_error(error):
                     raise
@@ -159,8 +194,24 @@ class CompiledForces:
                     stacklevel=3,
                 )
                 function = _force_function(self.model)
-                energies, forces, strain_derivative = function(*inputs, compute_stress)
+                energies, forces, strain_derivative = function(*inputs, compute_stress, *layout)
         return energies, forces, strain_derivative if compute_stress else None
+
+
+def laid_out(
+    blocks: NeighbourBlocks | None, edge_index: torch.Tensor, edge_shifts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """The traced force function's edge inputs for ``blocks`` (a potential's ``traced_layout``
+    of ``edge_index``, or None: per-edge sums): the edges (2, n_edges) and their shifts
+    (n_edges, 3) sorted by centre, and ``(slot, widths)``: the block slot of each sorted edge
+    and a tensor as long as the block width (a symbolic size from the first trace on; an int
+    argument would be specialised first and traced again when it changes), or ``(None, None)``.
+    """
+    if blocks is None:
+        return edge_index, edge_shifts, (None, None)
+    if blocks.order is not None:
+        edge_index, edge_shifts = edge_index[:, blocks.order], edge_shifts[blocks.order]
+    return edge_index, edge_shifts, (blocks.slot, blocks.slot.new_empty(blocks.width))
 
 
 class _traceable:
@@ -190,14 +241,28 @@ def _force_function(model: ForceField):
     from mlff.forces import pair_vectors, strained  # mlff.forces calls into this module
 
     def energies_and_gradients(
-        species, edge_index, edge_shifts, system, positions, cell, compute_stress: bool
+        species,
+        edge_index,
+        edge_shifts,
+        system,
+        positions,
+        cell,
+        compute_stress: bool,
+        slot: torch.Tensor | None = None,
+        widths: torch.Tensor | None = None,
     ):
+        blocks = None
+        if slot is not None:  # edges sorted by centre, in neighbour blocks len(widths) wide
+            n_atoms, n_edges, width = positions.shape[0], edge_index.shape[1], widths.shape[0]
+            chunks = ((0, n_atoms, 0, n_edges),)
+            blocks = NeighbourBlocks(None, slot, width, n_atoms, chunks)
+
         def total_energy(positions, strain):
             deformed = cell
             if compute_stress:
                 positions, deformed = strained(positions, cell, strain, system)
             vectors = pair_vectors(positions, deformed, system, edge_index, edge_shifts)
-            energies = model.atomic_energies(species, edge_index, vectors)
+            energies = model.atomic_energies(species, edge_index, vectors, blocks)
             return energies.sum(), energies
 
         gradient = torch.func.grad(total_energy, argnums=(0, 1), has_aux=True)

@@ -74,7 +74,7 @@ def evaluate(
         compiled is not None
         and compute_forces
         and not create_graph
-        and compiled.applies(graph.n_atoms, graph.n_edges)
+        and compiled.applies(graph.n_atoms, graph.n_edges, graph.edge_index)
     ):
         return _evaluate_compiled(compiled, species, graph, compute_stress)
     with single_thread_below(graph.n_edges, SINGLE_THREAD_EDGES_EAGER, graph.positions.device):

@@ -105,15 +105,19 @@ class ForceField(nn.Module):
         species: torch.Tensor,
         edge_index: torch.Tensor,
         edge_vectors: torch.Tensor,
+        layout=None,
     ) -> torch.Tensor:
         """Per-atom energies (n_atoms,) in eV, float64.
 
         ``species`` (n_atoms,) model species indices; ``edge_vectors`` (n_edges, 3) Å in the
         network's dtype; ``edge_index`` (2, n_edges) as in :class:`~mlff.graph.AtomicGraph`.
+        ``layout``: the potential's edge layout made outside a traced graph (its
+        ``traced_layout``, edges sorted accordingly), or None.
         """
         edge_lengths = torch.linalg.vector_norm(edge_vectors, dim=-1)
         node_features, edge_features = self.encoder(species, edge_index, edge_vectors, edge_lengths)
-        raw = self.potential(node_features, edge_features, edge_index, edge_vectors, edge_lengths)
+        edges = (node_features, edge_features, edge_index, edge_vectors, edge_lengths)
+        raw = self.potential(*edges) if layout is None else self.potential(*edges, layout)
         return (
             raw.to(torch.float64) * self.energy_scale
             + self.energy_shift

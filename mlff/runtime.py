@@ -21,9 +21,10 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # below this many atoms torch's intra-op threads cost more than they give on a CPU
 SMALL_SYSTEM_ATOMS = 1000
 # per call, on a CPU: up to this many edges one thread evaluates a model faster than several
-# (eager: measured crossover between 164 and 528 edges; compiled: inductor's parallel kernels
-# were slower than one thread up to Cu-256's 10,752 edges and faster at Cu-2048's 86,016;
-# see docs/measurements.md, 2026-12-04)
+# (eager: measured crossover between 164 and 528 edges; compiled per-edge sums: inductor's
+# parallel kernels were slower than one thread up to Cu-256's 10,752 edges and faster at
+# Cu-2048's 86,016; see docs/measurements.md, 2026-12-04. Compiled graphs in neighbour blocks
+# run on all threads, see mlff.compiled)
 SINGLE_THREAD_EDGES_EAGER = 256
 SINGLE_THREAD_EDGES_COMPILED = 16384
 

@@ -172,12 +172,17 @@ class EGNN(nn.Module):
         edge_index: torch.Tensor,
         edge_vectors: torch.Tensor,
         edge_lengths: torch.Tensor,
+        blocks: NeighbourBlocks | None = None,
     ) -> torch.Tensor:
+        """Per-atom energies (n_atoms,), dimensionless, of the graph's edges ((2, n_edges),
+        vectors (n_edges, 3) and lengths (n_edges,) in Å). ``blocks``: a layout the caller made
+        with :meth:`traced_layout` (edges already sorted by centre), for traced graphs."""
         n_atoms = node_features.shape[0]
         n_edges = edge_index.shape[1]
-        if self.traceable:  # the layout must not depend on the values of edge_index
+        laid_out = blocks is not None  # outside the trace: edges sorted, in neighbour blocks
+        if blocks is None and self.traceable:  # no layout from the values of edge_index
             blocks = NeighbourBlocks.single_chunk(n_atoms, n_edges)
-        else:
+        elif blocks is None:
             chunk = n_edges if n_edges <= self.max_chunk_edges else self.chunk_edges
             blocks = self._blocks.get(edge_index, n_atoms, chunk)
         if blocks.order is not None:  # sorted by centre: chunks are contiguous edge ranges
@@ -187,12 +192,8 @@ class EGNN(nn.Module):
             if edge_features is not None:
                 edge_features = gather(edge_features, blocks.order)
         h = self.embed(node_features)
-        in_blocks = (
-            self.shared_geometry
-            and blocks.slot is not None
-            and len(blocks.chunks) == 1
-            and n_atoms * blocks.width <= self.max_padding * n_edges
-        )
+        # a caller's layout fits (traced_layout checked it): no guard on the symbolic sizes
+        in_blocks = laid_out or self._fits_blocks(blocks, n_atoms, n_edges)
         layers = self._layers_in_blocks if in_blocks else self._layers_on_edges
         energies: torch.Tensor | None = None
         states = layers(h, edge_features, edge_index, edge_vectors, edge_lengths, blocks)
@@ -202,6 +203,28 @@ class EGNN(nn.Module):
                 energies = term if energies is None else energies + term
         final = self.readout(h).squeeze(-1)
         return final if energies is None else energies + final
+
+    def _fits_blocks(self, blocks: NeighbourBlocks, n_atoms: int, n_edges: int) -> bool:
+        """Whether the layers run in neighbour blocks: fixed coordinates, one chunk, and at most
+        ``max_padding`` block slots per edge."""
+        return (
+            self.shared_geometry
+            and blocks.slot is not None
+            and len(blocks.chunks) == 1
+            and n_atoms * blocks.width <= self.max_padding * n_edges
+        )
+
+    def traced_layout(self, edge_index: torch.Tensor, n_atoms: int) -> NeighbourBlocks | None:
+        """The neighbour-block layout of ``edge_index`` (2, n_edges) for a traced graph, made
+        eagerly (it reads the neighbour counts on the host), or None where this model would not
+        run in blocks (moving coordinates, uneven neighbour counts, chunks). The caller sorts
+        the edges by ``order`` and passes the layout, without ``order``, to :meth:`forward`."""
+        n_edges = int(edge_index.shape[1])
+        if not self.shared_geometry or n_edges == 0 or n_edges > self.max_chunk_edges:
+            return None
+        blocks = self._blocks.get(edge_index, n_atoms, n_edges)
+        # a width of 1 would be specialised by the compiler (a graph of its own): per edge
+        return blocks if blocks.width > 1 and self._fits_blocks(blocks, n_atoms, n_edges) else None
 
     def _layers_in_blocks(self, h, edge_features, edge_index, edge_vectors, edge_lengths, blocks):
         """Yield ``h`` after each layer, every edge tensor laid out in neighbour blocks (fixed

@@ -203,11 +203,15 @@ class EquivariantGraphConv(nn.Module):
         applied per atom. No gather of the centres and no scatter: the sums over neighbours
         are sums over the block's width."""
         pre = centre_part.unsqueeze(1) + gather(neighbour_part, neighbour) + radial_part
-        message = self.message(pre, envelope)
-        aggregated = message.sum(1) * inv_avg_neighbors
+        n, width, features = pre.shape
+        # the linear layers act on (n * width, F): on a 3-d input a compiler specialises the
+        # traced graph to the block width
+        message = self.message(pre.reshape(n * width, features), envelope.reshape(n * width))
+        aggregated = message.view(n, width, features).sum(1) * inv_avg_neighbors
         if self.angular_linear is None or harmonics_t is None:
             return aggregated, None
-        densities = torch.bmm(harmonics_t, self.angular_linear(message)) * inv_avg_neighbors
+        coefficients = self.angular_linear(message).view(n, width, -1)
+        densities = torch.bmm(harmonics_t, coefficients) * inv_avg_neighbors
         return aggregated, self.invariants(densities)
 
     def node_update(

@@ -20,14 +20,16 @@ from ase.build import bulk, molecule
 from mlff import MLFFCalculator, build_model
 from mlff.compiled import MAX_EGNN_COMPILED_EDGES, compile_model, compiled_forces, is_compiled
 from mlff.errors import MLFFError
+from mlff.graph import graph_from_atoms
 from mlff.md.forces import BatchedModel
 from mlff.md.neighbours import VerletList
 from mlff.md.state import SystemBatch
 from mlff.testing import predict, predict_many
 from tests import test_physics
-from tests.conftest import ethanol, tiny_model, triclinic_cell
+from tests.conftest import ethanol, randomise, tiny_model, triclinic_cell
 
-COMPILED_CONFIGS = ["egnn-angular", "tfn-l2-attention", "tfn+unimol"]
+# "egnn-blocks": the training preset's layout (fixed coordinates), traced in neighbour blocks
+COMPILED_CONFIGS = ["egnn-angular", "egnn-blocks", "tfn-l2-attention", "tfn+unimol"]
 # MLFF_TEST_COMPILE_BACKEND=inductor runs the same checks on generated kernels (many minutes)
 BACKEND = os.environ.get("MLFF_TEST_COMPILE_BACKEND", "aot_eager")
 
@@ -47,11 +49,29 @@ def tiny_preset():
     )
 
 
+def blocks_model():
+    """The tiny angular EGNN with fixed coordinates: its edges lay out in neighbour blocks."""
+    torch.manual_seed(0)
+    hyper = {"features": 16, "num_layers": 2, "angular_channels": 4, "angular_order": 3}
+    model = build_model(
+        "egnn", elements=["H", "C", "O"], cutoff=3.5, layer_readouts=True,
+        coordinate_updates=False, **hyper,
+    )  # fmt: skip
+    return randomise(model.double()).eval()
+
+
 @pytest.fixture(scope="module", params=COMPILED_CONFIGS)
 def models(request):
     """(eager, compiled) copies of one tiny model; module-wide, so each is traced once."""
-    eager = tiny_model(request.param)
-    compiled = compile_model(tiny_model(request.param).requires_grad_(False), backend=BACKEND)
+    make = blocks_model if request.param == "egnn-blocks" else lambda: tiny_model(request.param)
+    eager = make()
+    compiled = compile_model(make().requires_grad_(False), backend=BACKEND)
+    if request.param == "egnn-blocks":
+        compiled_forces(compiled).min_block_edges = 0  # blocks however few the edges
+        compiled.potential.max_padding = 10.0  # and however uneven (the eager copy: per edge)
+        for atoms in (ethanol(), triclinic_cell()):  # the traced graph takes the blocks layout
+            graph = graph_from_atoms(atoms, compiled.cutoff)
+            assert compiled_forces(compiled).layout(graph.edge_index, graph.n_atoms) is not None
     yield eager, compiled
     assert compiled_forces(compiled).failed is None  # no silent fallback to eager
 
@@ -72,8 +92,17 @@ def test_large_and_empty_structures_stay_eager():
     assert not compiled.applies(9, 0) and not compiled.applies(0, 0)
     assert compiled.applies(100, MAX_EGNN_COMPILED_EDGES)
     assert not compiled.applies(100, MAX_EGNN_COMPILED_EDGES + 1)  # eagerly, on every thread
+    copper = graph_from_atoms(bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4), model.cutoff)
+    assert copper.n_edges > MAX_EGNN_COMPILED_EDGES
+    assert compiled.applies(256, copper.n_edges, copper.edge_index)  # in neighbour blocks
+    slab = bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 2)
+    slab.center(vacuum=5.0, axis=2)  # uneven neighbour counts: per edge, eagerly
+    surface = graph_from_atoms(slab, model.cutoff)
+    assert surface.n_edges > MAX_EGNN_COMPILED_EDGES
+    assert not compiled.applies(len(slab), surface.n_edges, surface.edge_index)
     model.potential.max_chunk_edges = 50
     assert not compiled.applies(9, 72)  # chunked eagerly
+    assert not compiled.applies(256, copper.n_edges, copper.edge_index)
 
 
 @pytest.mark.slow
@@ -152,6 +181,10 @@ def test_auto_compiles_only_long_runs_of_small_egnn_calls_on_a_cpu():
     assert auto_compile_mode(egnn, 72, long_run) == "inductor"
     assert auto_compile_mode(egnn, 72, long_run - 1) == "none"  # too short to pay back
     assert auto_compile_mode(egnn, MAX_EGNN_COMPILED_EDGES + 1, long_run) == "none"
+    copper = graph_from_atoms(bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4), egnn.cutoff)
+    assert auto_compile_mode(egnn, copper.n_edges, long_run, copper) == "inductor"  # blocks
+    moving = tiny_model("egnn", elements=("Cu",), cutoff=4.0)  # coordinate updates: per edge
+    assert auto_compile_mode(moving, copper.n_edges, long_run, copper) == "none"
     assert auto_compile_mode(egnn, 0, long_run) == "none"
     assert auto_compile_mode(tiny_model("tfn-l2-attention"), 72, long_run) == "none"  # unmeasured
 
@@ -164,10 +197,14 @@ def test_md_run_resolves_compile_auto_from_the_model_and_structures(tmp_path):
 
     path = tmp_path / "model.pt"
     save_model(tiny_preset(), path)
+    slab = bulk("Cu", "fcc", a=3.61, cubic=True) * (8, 8, 2)
+    slab.center(vacuum=5.0, axis=2)
     mol, cell = [ethanol()], [bulk("Cu", "fcc", a=3.61, cubic=True) * (6, 6, 6)]
     long_run = AUTO_COMPILE_MIN_STEPS
     assert resolve_compile_mode("auto", path, mol, long_run, "cpu") == "inductor"
     assert resolve_compile_mode("auto", path, mol, 1000, "cpu") == "none"
-    assert resolve_compile_mode("auto", path, cell, long_run, "cpu") == "none"  # too many edges
+    assert resolve_compile_mode("auto", path, cell, long_run, "cpu") == "inductor"  # blocks
+    # too many edges, uneven neighbour counts: eager
+    assert resolve_compile_mode("auto", path, [slab], long_run, "cpu") == "none"
     assert resolve_compile_mode("none", path, mol, long_run, "cpu") == "none"
     assert resolve_compile_mode("inductor", path, cell, 10, "cpu") == "inductor"

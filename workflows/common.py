@@ -296,14 +296,14 @@ def resolve_compile_mode(
         return compile_mode
     from mlff.calculator import prepare_model
     from mlff.compiled import AUTO_COMPILE_MIN_STEPS, auto_compile_mode
-    from mlff.graph import graph_from_atoms
+    from mlff.graph import batch_graphs, graph_from_atoms
 
     if steps < AUTO_COMPILE_MIN_STEPS:  # too short to pay for compiling, whatever the model
         return "none"
 
     prepared = prepare_model(str(model), device, dtype)
-    n_edges = sum(graph_from_atoms(atoms, prepared.cutoff).n_edges for atoms in structures)
-    return auto_compile_mode(prepared, n_edges, steps)
+    graph = batch_graphs([graph_from_atoms(atoms, prepared.cutoff) for atoms in structures])
+    return auto_compile_mode(prepared, graph.n_edges, steps, graph)
 
 
 def runtime_options(command=None, *, auto_compile: bool = False):

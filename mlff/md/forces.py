@@ -68,7 +68,9 @@ class BatchedModel:
                 inside = inside < self.cutoff
             edge_index, shifts = edge_index[:, inside], shifts[inside]
         compiled = compiled_forces(self.model)
-        if compiled is not None and compiled.applies(len(positions), edge_index.shape[1]):
+        if compiled is not None and compiled.applies(
+            len(positions), edge_index.shape[1], edge_index
+        ):
             energies, forces, strain_derivative = compiled(
                 self.species, edge_index, shifts, system, positions, cell, compute_stress
             )
