@@ -1,12 +1,16 @@
 """MD speed of the ASE engine against the batched engine, in one run on the same cores.
 
     python benchmarks/md_engines.py [--device cpu] [--dtype float32] [--threads 2]
-        [--cases ethanol,ethanol-x256,Cu-2048] [--steps 200] [--hyper '{"features": 64}']
-        [--compile inductor] [--json]
+        [--cases ethanol,ethanol-x256,Cu-2048] [--steps 200] [--size medium]
+        [--hyper '{"features": 64}'] [--compile inductor] [--json]
+
+The model is ``mlff train``'s EGNN at ``--size`` (its default, medium: fixed coordinates, so
+edges lay out in neighbour blocks), untrained; ``--size none`` takes build_model's defaults
+(coordinate updates, per-edge sums), as this script did before 2026-12-05's fifth session.
 
 For each case it runs the ASE engine (one structure through ASE's integrator and MLFFCalculator)
 and the batched engine (every replica in one batch, Verlet list with a 1 Å skin) with the same
-untrained model, NVT Langevin at 300 K, 1 fs, no output files, and prints steps/s, atom-steps/s
+model, NVT Langevin at 300 K, 1 fs, no output files, and prints steps/s, atom-steps/s
 and the ratio. For the batched engine it also times the model's forward+backward alone on the
 same batch and pairs, and reports the engine's overhead: the share of a step spent outside the
 model (median of repeated calls; within a few per cent this is timing noise, and it can come out
@@ -35,6 +39,7 @@ from mlff.md.neighbours import VerletList
 from mlff.md.runner import run_batched_md
 from mlff.md.settings import MDSettings
 from mlff.md.state import SystemBatch
+from mlff.training.config import TrainConfig
 
 CASES = {
     "ethanol": (lambda: molecule("CH3CH2OH"), 1, ["H", "C", "O"]),
@@ -91,6 +96,14 @@ def compiled_engine(model, structures, steps: int, args) -> tuple[float, float]:
     return summary.steps_per_second, compile_s
 
 
+def hyperparameters(args) -> dict:
+    """The EGNN's build_model arguments: the ``--size`` preset, updated by ``--hyper``."""
+    preset = {}
+    if args.size != "none":
+        preset = TrainConfig(potential="egnn", size=args.size).model_hyperparameters()
+    return {**preset, **json.loads(args.hyper)}
+
+
 def _synchronise(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,7 +116,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--cases", default="ethanol,ethanol-x256,Cu-2048")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--hyper", default="{}", help="build_model hyperparameters (JSON).")
+    parser.add_argument(
+        "--size",
+        default="medium",
+        help="mlff train's size preset of the EGNN (small, medium or large; default medium, what "
+        "mlff train builds), or 'none' for build_model's defaults",
+    )
+    parser.add_argument("--hyper", default="{}", help="build_model hyperparameters over --size")
     parser.add_argument("--compile", default="none", choices=["none", "inductor"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -113,7 +132,7 @@ def main() -> None:
     for name in args.cases.split(","):
         make, replicas, elements = CASES[name]
         torch.manual_seed(0)
-        model = build_model("egnn", elements=elements, cutoff=5.0, **json.loads(args.hyper))
+        model = build_model("egnn", elements=elements, cutoff=5.0, **hyperparameters(args))
         model = model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
         atoms = make()
         n_atoms = len(atoms)
