@@ -24,6 +24,7 @@ from mlff import build_model
 from mlff.compiled import compile_model, compiled_forces
 from mlff.forces import evaluate
 from mlff.graph import graph_from_atoms
+from mlff.runtime import keep_freed_memory
 from mlff.training.config import TrainConfig
 
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the calculator and the MD engines do: no page faults per call
     torch.manual_seed(0)
     preset = TrainConfig(potential="egnn", size=args.size).model_hyperparameters()
     hyper = {**preset, **json.loads(args.hyper)}
