@@ -26,6 +26,7 @@ Compiling costs about a minute on a CPU the first time, and again for each new k
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -41,7 +42,8 @@ AUTO = "auto"
 # with per-edge sums in the traced graph, an EGNN evaluates faster eagerly (on all threads)
 # above about this many edges; below, compiled on one thread is faster
 # (benchmarks/compiled_crossover.py measures where: between 4,614 and 6,158 edges on the 2-core
-# CPU, docs/measurements.md). Traced in neighbour blocks it is faster up to Cu-2048 (87,550).
+# CPU, docs/measurements.md). Traced in neighbour blocks it was faster at every size measured,
+# up to Cu-16384 (701,076 edges; by 1.07x there, 1.09x at Cu-2048, 1.22x at Cu-256).
 MAX_EGNN_COMPILED_EDGES = 4096
 # from this many edges the traced graph takes an EGNN's neighbour-block layout, made eagerly
 # before each call, where the model has one (fixed coordinates, even neighbour counts): the
@@ -53,6 +55,22 @@ MIN_COMPILED_BLOCK_EDGES = 1024
 # docs/measurements.md): even from a cold cache it has paid for itself after about 20,000
 # steps. Twice that leaves room for smaller savings on larger cells below the edge limit.
 AUTO_COMPILE_MIN_STEPS = 40_000
+# Traced in neighbour blocks, larger calls save in proportion to their edges: at least this
+# many seconds per edge and step (float32, 2 threads: Cu-256 6.4 ms of 35.9 per call, Cu-2048
+# 21.6 of 274.8, Cu-16384 158 of 2,317, ethanol x 256 replicas in the batched engine about 4 of
+# 65 ms per step). Such runs compile once they save twice a cold compile, AUTO_COMPILE_COST_S.
+BLOCKS_SAVING_S_PER_EDGE = 0.2e-6
+AUTO_COMPILE_COST_S = 35.0
+
+
+def auto_compile_min_steps(n_edges: int, in_blocks: bool) -> int:
+    """The fewest steps of ``n_edges`` edges per call for which ``--compile auto`` compiles:
+    :data:`AUTO_COMPILE_MIN_STEPS`, or fewer for calls traced in neighbour blocks, where the
+    saving grows with the edges (:data:`BLOCKS_SAVING_S_PER_EDGE`)."""
+    if not in_blocks or n_edges <= 0:
+        return AUTO_COMPILE_MIN_STEPS
+    saving = BLOCKS_SAVING_S_PER_EDGE * n_edges
+    return min(AUTO_COMPILE_MIN_STEPS, math.ceil(2.0 * AUTO_COMPILE_COST_S / saving))
 
 
 def compile_model(
@@ -84,19 +102,23 @@ def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -
     It wins for an EGNN on a CPU at or below :data:`MAX_EGNN_COMPILED_EDGES` edges per call,
     and above that where its edges lay out in neighbour blocks (fixed coordinates, even
     neighbour counts; :meth:`CompiledForces.layout`), in runs of at least
-    :data:`AUTO_COMPILE_MIN_STEPS` steps. The TFN and GPUs have no such measurement yet, so they
-    stay eager.
+    :func:`auto_compile_min_steps` steps (:data:`AUTO_COMPILE_MIN_STEPS`, fewer for large calls
+    in blocks). The TFN and GPUs have no such measurement yet, so they stay eager.
     """
     potential = model.potential
     is_egnn = getattr(potential, "max_chunk_edges", None) is not None
-    if not is_egnn or model.device.type != "cpu" or steps < AUTO_COMPILE_MIN_STEPS:
+    if not is_egnn or model.device.type != "cpu" or n_edges <= 0:
         return "none"
-    if 0 < n_edges <= MAX_EGNN_COMPILED_EDGES:
-        return "inductor"
-    if graph is None or n_edges > potential.max_chunk_edges:
+    if n_edges > potential.max_chunk_edges:
         return "none"
-    blocks = potential.traced_layout(graph.edge_index, graph.n_atoms)
-    return "inductor" if blocks is not None else "none"
+    in_blocks = (
+        graph is not None
+        and n_edges >= MIN_COMPILED_BLOCK_EDGES
+        and potential.traced_layout(graph.edge_index, graph.n_atoms) is not None
+    )
+    if not in_blocks and n_edges > MAX_EGNN_COMPILED_EDGES:
+        return "none"
+    return "inductor" if steps >= auto_compile_min_steps(n_edges, in_blocks) else "none"
 
 
 def is_compiled(model: ForceField) -> bool:

@@ -173,8 +173,8 @@ def test_inductor_compiled_equals_eager_on_a_molecule_and_a_periodic_cell():
     assert compiled_forces(compiled.model).failed is None
 
 
-def test_auto_compiles_only_long_runs_of_small_egnn_calls_on_a_cpu():
-    from mlff.compiled import AUTO_COMPILE_MIN_STEPS, auto_compile_mode
+def test_auto_compiles_long_runs_of_egnn_calls_on_a_cpu_sooner_for_large_blocks():
+    from mlff.compiled import AUTO_COMPILE_MIN_STEPS, auto_compile_min_steps, auto_compile_mode
 
     egnn = tiny_preset().eval()
     long_run = AUTO_COMPILE_MIN_STEPS
@@ -185,6 +185,13 @@ def test_auto_compiles_only_long_runs_of_small_egnn_calls_on_a_cpu():
     assert auto_compile_mode(egnn, copper.n_edges, long_run, copper) == "inductor"  # blocks
     moving = tiny_model("egnn", elements=("Cu",), cutoff=4.0)  # coordinate updates: per edge
     assert auto_compile_mode(moving, copper.n_edges, long_run, copper) == "none"
+    # the saving per step grows with the edges in blocks: larger cells compile in shorter runs
+    big = graph_from_atoms(bulk("Cu", "fcc", a=3.61, cubic=True) * (8, 8, 8), egnn.cutoff)
+    shorter = auto_compile_min_steps(big.n_edges, in_blocks=True)
+    assert shorter < auto_compile_min_steps(copper.n_edges, in_blocks=True) <= long_run
+    assert auto_compile_min_steps(big.n_edges, in_blocks=False) == long_run
+    assert auto_compile_mode(egnn, big.n_edges, shorter, big) == "inductor"
+    assert auto_compile_mode(egnn, big.n_edges, shorter - 1, big) == "none"
     assert auto_compile_mode(egnn, 0, long_run) == "none"
     assert auto_compile_mode(tiny_model("tfn-l2-attention"), 72, long_run) == "none"  # unmeasured
 

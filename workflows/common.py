@@ -262,12 +262,13 @@ def compile_option(command=None, *, auto: bool = False):
         help_text = (
             "none: eager (the reference); inductor: energies, forces and stress as one "
             "torch.compile graph (compiling takes a minute or two at the start; faster calls for "
-            "molecules and small cells; large cells stay eager)."
+            "molecules and even-density cells; other large cells stay eager)."
         )
         if auto:
             help_text += (
-                " auto: inductor for long runs (>= 40,000 steps) of an EGNN on a CPU with at "
-                "most 4,096 edges per call, where compiling pays for itself; else none."
+                " auto: inductor for runs of an EGNN on a CPU long enough that compiling pays "
+                "for itself twice (40,000 steps up to 4,096 edges per call; fewer for larger "
+                "calls in neighbour blocks); else none."
             )
         return click.option(
             "--compile",
@@ -295,10 +296,10 @@ def resolve_compile_mode(
     if compile_mode != "auto":
         return compile_mode
     from mlff.calculator import prepare_model
-    from mlff.compiled import AUTO_COMPILE_MIN_STEPS, auto_compile_mode
+    from mlff.compiled import auto_compile_min_steps, auto_compile_mode
     from mlff.graph import batch_graphs, graph_from_atoms
 
-    if steps < AUTO_COMPILE_MIN_STEPS:  # too short to pay for compiling, whatever the model
+    if steps < auto_compile_min_steps(1 << 30, True):  # too short whatever the model
         return "none"
 
     prepared = prepare_model(str(model), device, dtype)
