@@ -34,6 +34,7 @@ import torch
 from mlff.errors import MLFFError
 from mlff.model import ForceField
 from mlff.potentials.blocks import NeighbourBlocks
+from mlff.potentials.egnn import MAX_CHUNK_EDGES
 from mlff.runtime import SINGLE_THREAD_EDGES_COMPILED, single_thread_below
 
 COMPILE_CHOICES = ("none", "inductor")
@@ -71,6 +72,10 @@ def auto_compile_min_steps(n_edges: int, in_blocks: bool) -> int:
         return AUTO_COMPILE_MIN_STEPS
     saving = BLOCKS_SAVING_S_PER_EDGE * n_edges
     return min(AUTO_COMPILE_MIN_STEPS, math.ceil(2.0 * AUTO_COMPILE_COST_S / saving))
+
+
+# the fewest steps --compile auto compiles for any call (the largest one evaluated unchunked)
+AUTO_COMPILE_FEWEST_STEPS = auto_compile_min_steps(MAX_CHUNK_EDGES, in_blocks=True)
 
 
 def compile_model(
@@ -112,13 +117,22 @@ def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -
     if n_edges > potential.max_chunk_edges:
         return "none"
     in_blocks = (
-        graph is not None
-        and n_edges >= MIN_COMPILED_BLOCK_EDGES
-        and potential.traced_layout(graph.edge_index, graph.n_atoms) is not None
+        graph is not None and block_layout(potential, graph.edge_index, graph.n_atoms) is not None
     )
     if not in_blocks and n_edges > MAX_EGNN_COMPILED_EDGES:
         return "none"
     return "inductor" if steps >= auto_compile_min_steps(n_edges, in_blocks) else "none"
+
+
+def block_layout(
+    potential, edge_index: torch.Tensor, n_atoms: int, min_edges: int = MIN_COMPILED_BLOCK_EDGES
+) -> NeighbourBlocks | None:
+    """The neighbour-block layout a traced graph takes for ``edge_index`` (2, n_edges): the
+    potential's ``traced_layout`` from ``min_edges`` edges on, or None (per-edge sums)."""
+    make = getattr(potential, "traced_layout", None)
+    if make is None or int(edge_index.shape[1]) < min_edges:
+        return None
+    return make(edge_index, n_atoms)
 
 
 def is_compiled(model: ForceField) -> bool:
@@ -176,11 +190,7 @@ class CompiledForces:
         """The potential's neighbour-block layout of ``edge_index`` for the traced graph (made
         eagerly; one host read, kept while the same edge tensor comes back), or None: per-edge
         sums in the graph. Blocks from :data:`MIN_COMPILED_BLOCK_EDGES` edges on."""
-        n_edges = int(edge_index.shape[1])
-        make = getattr(self.model.potential, "traced_layout", None)
-        if make is None or n_edges < self.min_block_edges:
-            return None
-        return make(edge_index, n_atoms)
+        return block_layout(self.model.potential, edge_index, n_atoms, self.min_block_edges)
 
     def __call__(
         self,

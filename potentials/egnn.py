@@ -180,9 +180,9 @@ class EGNN(nn.Module):
         n_atoms = node_features.shape[0]
         n_edges = edge_index.shape[1]
         laid_out = blocks is not None  # outside the trace: edges sorted, in neighbour blocks
-        if blocks is None and self.traceable:  # no layout from the values of edge_index
+        if not laid_out and self.traceable:  # no layout from the values of edge_index
             blocks = NeighbourBlocks.single_chunk(n_atoms, n_edges)
-        elif blocks is None:
+        elif not laid_out:
             chunk = n_edges if n_edges <= self.max_chunk_edges else self.chunk_edges
             blocks = self._blocks.get(edge_index, n_atoms, chunk)
         if blocks.order is not None:  # sorted by centre: chunks are contiguous edge ranges

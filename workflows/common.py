@@ -296,10 +296,10 @@ def resolve_compile_mode(
     if compile_mode != "auto":
         return compile_mode
     from mlff.calculator import prepare_model
-    from mlff.compiled import auto_compile_min_steps, auto_compile_mode
+    from mlff.compiled import AUTO_COMPILE_FEWEST_STEPS, auto_compile_mode
     from mlff.graph import batch_graphs, graph_from_atoms
 
-    if steps < auto_compile_min_steps(1 << 30, True):  # too short whatever the model
+    if steps < AUTO_COMPILE_FEWEST_STEPS:  # too short to pay for compiling, whatever the model
         return "none"
 
     prepared = prepare_model(str(model), device, dtype)
