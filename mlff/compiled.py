@@ -19,6 +19,13 @@ bounds its memory by activation checkpointing), empty edge lists and training
 (``create_graph``) stay eager. Eager mode is the reference; ``tests/test_compiled.py`` checks
 both layouts agree with it to round-off.
 
+Scatters: the backward pass of every gather of neighbour features is a scatter-add. Inductor
+fuses it into its loops as atomic adds, which on a CPU cost more than the rest of those loops
+together; for graphs in neighbour blocks on a CPU the scatters are instead lowered to aten's
+``index_put_`` (the lowering PyTorch's deterministic mode chooses, switched on around each call:
+:class:`_scatters_without_atomics`). Small per-edge graphs keep the atomic adds, which are faster
+there (``benchmarks/compiled_crossover.py``; figures in docs/measurements.md).
+
 Compiling costs about a minute on a CPU the first time, and again for each new kind of input
 (one system or several, with or without stress); inductor caches its kernels on disk
 (``TORCHINDUCTOR_CACHE_DIR``), so later runs start faster.
@@ -211,6 +218,7 @@ class CompiledForces:
         with (
             _traceable(self.model.potential),
             single_thread_below(n_edges, one_thread_below, positions.device),
+            _scatters_without_atomics(positions.device, in_blocks=blocks is not None),
         ):
             try:
                 energies, forces, strain_derivative = self._function(
@@ -244,6 +252,32 @@ def laid_out(
     if blocks.order is not None:
         edge_index, edge_shifts = edge_index[:, blocks.order], edge_shifts[blocks.order]
     return edge_index, edge_shifts, (blocks.slot, blocks.slot.new_empty(blocks.width))
+
+
+class _scatters_without_atomics:
+    """Context: for a graph in neighbour blocks on a CPU, inductor lowers the scatter-adds of
+    the backward pass to aten's ``index_put_`` instead of fused loops of atomic adds (see the
+    module docstring). It is the lowering PyTorch's deterministic mode picks; the mode is set
+    around every call, not only while compiling, so the graph's guards always see the same
+    state, and restored after. Elsewhere (per-edge graphs, other devices): nothing."""
+
+    enabled = True  # benchmarks switch it off to compare
+
+    def __init__(self, device: torch.device, in_blocks: bool) -> None:
+        self.active = device.type == "cpu" and in_blocks and self.enabled
+        self.previous = (False, False)
+
+    def __enter__(self) -> None:
+        if self.active:
+            self.previous = (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+            )
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            torch.use_deterministic_algorithms(self.previous[0], warn_only=self.previous[1])
 
 
 class _traceable:
