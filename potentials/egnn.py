@@ -28,13 +28,15 @@ learn the short-range part early in training.
 Speed (exact reformulations, no approximation):
 
 - the first linear layer of ``phi_e`` acts on ``[h_i, h_j, rbf, a]``; its ``h_i`` and ``h_j``
-  blocks are applied per atom, not per edge, and every layer's radial block is one matmul;
+  blocks are applied per atom, not per edge; on per-edge tensors every layer's radial block is
+  one matmul (in neighbour blocks, one per layer: a fused projection's gradient is a copy);
 - edges are grouped by centre (:mod:`.blocks`). Where neighbour counts are even (bulk, liquids,
   same-size molecules) all edge tensors live in padded neighbour blocks (n_atoms, width, ...):
   sums over neighbours are sums over the width, with no gather of centres and no scatter;
   otherwise the per-edge layout is used;
 - the densities ``A_i,l`` are one batched matmul per layer of the harmonics' blocks with the
-  coefficients' blocks, never an (edges, M, C) tensor;
+  messages' blocks, (n_atoms, M, F), followed by the linear map ``psi_l`` on n_atoms * M rows
+  (it commutes with the sum over neighbours), never an (edges, M, C) tensor;
 - above ``max_chunk_edges`` edges the layers run chunks of ``chunk_edges`` edges (groups of
   centre atoms) one at a time under activation checkpointing, so memory grows linearly in
   atoms with a small constant.
@@ -229,11 +231,14 @@ class EGNN(nn.Module):
     def _layers_in_blocks(self, h, edge_features, edge_index, edge_vectors, edge_lengths, blocks):
         """Yield ``h`` after each layer, every edge tensor laid out in neighbour blocks (fixed
         coordinates, one chunk): the radial basis, envelope, neighbour indices and harmonics
-        are put into blocks once and shared by all layers, and every layer's radial projection
-        is one batched matmul (contiguous per layer)."""
+        are put into blocks once and shared by all layers."""
         radial, harmonics = self._edge_basis(edge_features, edge_vectors, edge_lengths)
-        weight = torch.stack([layer.radial_linear.weight.T for layer in self.layers])
-        radial_parts = torch.matmul(blocks.to_blocks(radial).unsqueeze(0), weight.unsqueeze(1))
+        radial = blocks.to_blocks(radial)
+        n, width = radial.shape[:2]
+        flat = radial.view(n * width, -1)
+        # a matmul per layer: a stacked (layers, n, width, F) projection would need its gradient
+        # gathered into one tensor, a copy as large as all layers' radial parts together
+        radial_parts = [layer.radial_linear(flat).view(n, width, -1) for layer in self.layers]
         envelope = blocks.to_blocks(self.envelope(edge_lengths))
         neighbour = blocks.to_blocks(edge_index[1])
         harmonics_t = None if harmonics is None else blocks.to_blocks(harmonics).transpose(1, 2)

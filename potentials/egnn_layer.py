@@ -139,13 +139,25 @@ class EquivariantGraphConv(nn.Module):
     ) -> torch.Tensor:
         """(n, order * C): ``|sum_j Y_l(r̂_ij) psi_l(m_ij)|²``, l = 1..order, per channel.
 
-        Contracted per centre: the coefficients ``psi`` (e, order * C) go into neighbour blocks
-        (n, width, order * C) and one batched matmul with the harmonics' blocks (n, width, M)
-        gives every centre's densities (n, M, order * C); no (edges, M, C) tensor is formed.
+        Contracted per centre: the messages (e, F) go into neighbour blocks (n, width, F), one
+        batched matmul with the harmonics' blocks (n, width, M) sums them along the edge
+        directions, and ``psi`` follows (:meth:`densities`); no (edges, M, C) tensor is formed.
         """
-        coefficients = blocks.to_blocks(self.angular_linear(message), chunk)
-        densities = torch.bmm(harmonic_blocks.transpose(1, 2), coefficients) * inv_avg_neighbors
-        return self.invariants(densities)
+        messages = blocks.to_blocks(message, chunk)
+        summed = torch.bmm(harmonic_blocks.transpose(1, 2), messages) * inv_avg_neighbors
+        return self.invariants(self.densities(summed))
+
+    def densities(self, summed: torch.Tensor) -> torch.Tensor:
+        """The densities ``A_l = psi_l(sum_j Y_l(r̂_ij) m_ij)`` (n, M, order * C) from the
+        messages summed along the harmonics (n, M, F).
+
+        ``psi`` is linear, so applying it after the sum over neighbours equals summing
+        ``Y_l(r̂_ij) psi_l(m_ij)``, and costs n * M rows instead of one row per edge.
+        """
+        n, n_harmonics, features = summed.shape
+        # 2-d, as everywhere in traced graphs (a 3-d linear input pins sizes to the trace)
+        densities = self.angular_linear(summed.view(n * n_harmonics, features))
+        return densities.view(n, n_harmonics, -1)
 
     def message(self, pre: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
         """``m_ij = phi_e(pre) * sigmoid(phi_inf(.)) * u(r_ij)`` from the first linear layer's
@@ -210,9 +222,9 @@ class EquivariantGraphConv(nn.Module):
         aggregated = message.view(n, width, features).sum(1) * inv_avg_neighbors
         if self.angular_linear is None or harmonics_t is None:
             return aggregated, None
-        coefficients = self.angular_linear(message).view(n, width, -1)
-        densities = torch.bmm(harmonics_t, coefficients) * inv_avg_neighbors
-        return aggregated, self.invariants(densities)
+        # the harmonics meet the messages first (n, M, F), then psi (see densities)
+        summed = torch.bmm(harmonics_t, message.view(n, width, features)) * inv_avg_neighbors
+        return aggregated, self.invariants(self.densities(summed))
 
     def node_update(
         self, h: torch.Tensor, aggregated: torch.Tensor, angular: torch.Tensor | None
