@@ -18,7 +18,8 @@ A pair beyond ``cutoff + skin`` at the build therefore stays beyond ``cutoff`` w
 This bound is exact for fixed cells (it is the largest raw displacement) and conservative under
 any cell change, whether the integrator scales positions with the cell or not. Positions are
 compared raw (they need not be wrapped). Only the systems above the threshold are rebuilt; their
-new pairs replace theirs and the list stays grouped by system, so many replicas rebuild cheaply.
+new pairs replace theirs and the list stays sorted by centre atom (so grouped by system), so many
+replicas rebuild cheaply.
 
 **No host sync between rebuilds.** With ``lazy_flag`` (the default on CUDA) each call computes
 the per-system flag on the device, copies it without blocking into a pinned host buffer and
@@ -305,6 +306,10 @@ class VerletList:
         local_system = torch.repeat_interleave(
             torch.arange(len(systems), device=device), torch.as_tensor(counts, device=device)
         )
+        # sorted by centre atom (so by system): the model's neighbour blocks need no sort per
+        # step, as masking to the cutoff keeps the order
+        by_centre = torch.argsort(centres, stable=True)
+        centres, neighbours, shifts = centres[by_centre], neighbours[by_centre], shifts[by_centre]
         edge_index = torch.stack([atoms_t[centres], atoms_t[neighbours]])
         edge_system = systems_t[local_system[centres]]
         if len(systems) < state.n_systems:
