@@ -168,7 +168,7 @@ def run_batched_md(
     reports = {k: SystemReport(k, start_step, None, None, 0, None, 0) for k in systems}
     covariance_every = int(settings.covariance_every)
     writer = BatchWriter(structures, trajectory, log, covariance_every > 0, append)
-    stopped_by, started, done = None, time.perf_counter(), 0
+    stopped_by, started, done, elapsed = None, time.perf_counter(), 0, None
     atom_steps = 0
 
     def setup(batch: SystemBatch):
@@ -204,6 +204,8 @@ def run_batched_md(
         # computes it (a step keeps the stress when the state holds one), instead of another
         stress_for_log = bool(log) and any(bool(np.all(a.pbc)) for a in structures)
         keeps_stress = settings.ensemble == "npt"
+        # rates count the steps alone, from after the first force evaluation, as the ASE engine's
+        started = time.perf_counter()
         with GracefulStop() as stop:
             for k in range(1, settings.steps + 1):
                 step = start_step + k
@@ -310,11 +312,13 @@ def run_batched_md(
                 if stop.signal_name is not None:
                     stopped_by = stop.signal_name
                     break
+        elapsed = time.perf_counter() - started
         _finish(reports, {}, statistics, systems)
         final = dict(zip(systems, state.batch.to_atoms(), strict=True))
     finally:
         writer.close()
-    elapsed = time.perf_counter() - started
+    if elapsed is None:  # the steps never finished
+        elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     return BatchedRunSummary(
         steps=done,
