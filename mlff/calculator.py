@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import time
 import warnings
 
 import numpy as np
@@ -11,14 +13,22 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from mlff.compiled import compile_model
+from mlff.compiled import (
+    AUTO,
+    AUTO_COMPILE_COST_S,
+    COMPILE_CHOICES,
+    compile_model,
+    compiles_faster,
+)
 from mlff.covariance import CovarianceResult, check_covariance
-from mlff.errors import CovarianceError
+from mlff.errors import CovarianceError, MLFFError
 from mlff.files import load_model
 from mlff.forces import evaluate
 from mlff.graph import graph_from_atoms
 from mlff.model import ForceField
 from mlff.runtime import flush_denormals, keep_freed_memory, resolve_device, resolve_dtype
+
+LOG = logging.getLogger(__name__)
 
 
 def prepare_model(
@@ -53,8 +63,14 @@ class MLFFCalculator(Calculator):
         seed: seed of the random rotations.
         include_stress: compute the stress in every calculation of a periodic cell, as when it
             is asked for (default: only when asked for; see :meth:`calculate`).
-        compile: "none" (eager, the reference) or "inductor" (``torch.compile`` the energy
-            function, see :mod:`mlff.compiled`; the first calls compile, for a minute or more).
+        compile: "auto" (default), "none" (eager, the reference) or "inductor"
+            (``torch.compile`` the energy function, see :mod:`mlff.compiled`; the first calls
+            compile, for half a minute or more). "auto" starts eager and, for an EGNN on a CPU
+            (where the compiled graph is measured faster at every size it serves), compiles
+            once the eager calls have taken as long as a cold compile,
+            :data:`~mlff.compiled.AUTO_COMPILE_COST_S` in total: a few calls never compile, a
+            long run pays at most that much extra before it runs compiled. Elsewhere "auto"
+            stays eager.
 
     The stress costs a derivative with respect to a strain besides the positions; MD at fixed
     cell and fixed-cell relaxations never read it, so it is computed only when asked for. A
@@ -81,7 +97,7 @@ class MLFFCalculator(Calculator):
         on_covariance_failure: str = "warn",
         seed: int | None = None,
         include_stress: bool = False,
-        compile: str = "none",
+        compile: str = AUTO,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -91,9 +107,19 @@ class MLFFCalculator(Calculator):
             raise ValueError(
                 f"on_covariance_failure must be 'warn' or 'raise', got {on_covariance_failure!r}"
             )
+        if compile not in (AUTO, *COMPILE_CHOICES):
+            choices = ", ".join((AUTO, *COMPILE_CHOICES))
+            raise MLFFError(f"compile must be one of {choices}, got {compile!r}")
         prepared = prepare_model(model, device, dtype)
-        if compile != "none" and prepared is model:  # compile a copy, not the caller's model
-            prepared = copy.deepcopy(prepared)
+        self._owns_model = prepared is not model  # else compile a copy, not the caller's model
+        # seconds of eager evaluation after which "auto" compiles (None: it never does)
+        self._compile_after_s: float | None = None
+        if compile == AUTO:
+            compile = "none"
+            if compiles_faster(prepared):
+                self._compile_after_s = AUTO_COMPILE_COST_S
+        if compile != "none" and not self._owns_model:
+            prepared, self._owns_model = copy.deepcopy(prepared), True
         self.model = compile_model(prepared, compile)
         if self.model.device.type == "cpu":
             keep_freed_memory()
@@ -158,7 +184,10 @@ class MLFFCalculator(Calculator):
             out = evaluate(self.model, graph, compute_forces=False, compute_stress=True)
             self.results["stress"] = self._voigt(out["stress"])
             return
+        started = time.perf_counter()
         out = evaluate(self.model, graph, compute_forces=True, compute_stress=stress)
+        if self._compile_after_s is not None:
+            self._count_eager(time.perf_counter() - started)
         energy = float(out["energy"].item())
         forces = out["forces"].detach().cpu().double().numpy()
         self.results = {
@@ -173,6 +202,20 @@ class MLFFCalculator(Calculator):
         every = self.check_covariance_every
         if every and self.n_calculations % every == 0:
             self.run_covariance_check(reference=(energy, forces))
+
+    def _count_eager(self, seconds: float) -> None:
+        """Add an eager evaluation's time; compile (``compile="auto"``) once they reach the
+        threshold. The next calls compile the graph for their kind of input."""
+        self._compile_after_s -= seconds
+        if self._compile_after_s > 0:
+            return
+        self._compile_after_s = None
+        if not self._owns_model:
+            self.model, self._owns_model = copy.deepcopy(self.model), True
+        LOG.info(
+            "compiling the model (compile='auto'): the eager calls took %.0f s", AUTO_COMPILE_COST_S
+        )
+        self.model = compile_model(self.model, "inductor")
 
     @staticmethod
     def _voigt(stress: torch.Tensor) -> np.ndarray:

@@ -105,6 +105,14 @@ def compile_model(
     return model
 
 
+def compiles_faster(model: ForceField) -> bool:
+    """Whether the compiled graph is measured faster than eager evaluation for ``model`` (once
+    compiled): an EGNN on a CPU (``benchmarks/compiled_crossover.py``, at every size it serves).
+    The TFN and GPUs have no such measurement yet."""
+    is_egnn = getattr(model.potential, "max_chunk_edges", None) is not None
+    return is_egnn and model.device.type == "cpu"
+
+
 def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -> str:
     """What ``--compile auto`` means for a run of ``steps`` force calls of ``n_edges`` edges each
     (all systems of a batch together; ``graph``: their first :class:`~mlff.graph.AtomicGraph`,
@@ -118,8 +126,7 @@ def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -
     in blocks). The TFN and GPUs have no such measurement yet, so they stay eager.
     """
     potential = model.potential
-    is_egnn = getattr(potential, "max_chunk_edges", None) is not None
-    if not is_egnn or model.device.type != "cpu" or n_edges <= 0:
+    if not compiles_faster(model) or n_edges <= 0:
         return "none"
     if n_edges > potential.max_chunk_edges:
         return "none"

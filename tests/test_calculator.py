@@ -12,6 +12,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 from mlff import MLFFCalculator, StructureError, UnknownElementError, build_model, save_model
+from mlff.errors import MLFFError
 from tests.conftest import ethanol, tiny_model, triclinic_cell
 
 
@@ -86,6 +87,52 @@ def test_bad_options():
         MLFFCalculator(model, dtype="float16")
     with pytest.raises(ValueError, match="on_covariance_failure"):
         MLFFCalculator(model, on_covariance_failure="ignore")
+    with pytest.raises(MLFFError, match="compile must be one of auto, none, inductor"):
+        MLFFCalculator(model, compile="fast")
+
+
+def test_auto_compile_waits_for_the_eager_time_then_compiles_a_copy(monkeypatch):
+    """compile="auto" (the default) stays eager until the eager calls have taken
+    AUTO_COMPILE_COST_S, then compiles its own copy; results agree with eager to round-off."""
+    import mlff.calculator as calculator_module
+    from mlff.compiled import compile_model, is_compiled
+
+    # the test traces with aot_eager (the same graph, no kernels to build) after 0.01 s of calls
+    monkeypatch.setattr(calculator_module, "AUTO_COMPILE_COST_S", 0.01)
+    monkeypatch.setattr(
+        calculator_module,
+        "compile_model",
+        lambda model, mode: compile_model(model, mode, backend="aot_eager"),
+    )
+    model = tiny_model("egnn")
+    reference = MLFFCalculator(model, compile="none")
+    calc = MLFFCalculator(model)
+    assert calc.model is model and not is_compiled(calc.model)
+    atoms = ethanol()
+    expected = []
+    for _ in range(50):
+        atoms.positions[0, 0] += 0.001
+        expected.append(reference.get_forces(atoms))
+        np.testing.assert_allclose(calc.get_forces(atoms), expected[-1], atol=1e-10)
+        if is_compiled(calc.model):
+            break
+    assert is_compiled(calc.model) and calc.model is not model and not is_compiled(model)
+    atoms.positions[1, 1] += 0.02
+    np.testing.assert_allclose(calc.get_forces(atoms), reference.get_forces(atoms), atol=1e-10)
+
+
+def test_auto_compile_leaves_the_tfn_eager(monkeypatch):
+    import mlff.calculator as calculator_module
+    from mlff.compiled import is_compiled
+
+    monkeypatch.setattr(calculator_module, "AUTO_COMPILE_COST_S", 0.0)
+    calc = MLFFCalculator(tiny_model("tfn-l1"))
+    atoms = ethanol()
+    atoms.calc = calc
+    atoms.get_forces()
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    assert not is_compiled(calc.model)
 
 
 def test_calculator_does_not_change_the_users_model():
