@@ -221,7 +221,11 @@ def main() -> None:
             seconds = time_calls(atoms, calc, sync, stress=args.stress)
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
             # counted eagerly: a dispatch mode cannot watch a compiled graph (same matrix products)
-            counting = calc if args.compile == "none" else MLFFCalculator(model, args.device, dtype)
+            counting = (
+                calc
+                if args.compile == "none"
+                else MLFFCalculator(model, args.device, dtype, compile="none")
+            )
             flops, by_op = count_flops(atoms, counting)
             if dtype not in gemm:
                 gemm[dtype] = gemm_gflops(args.gemm_size, dtype, str(calc.device))

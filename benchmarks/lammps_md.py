@@ -216,7 +216,9 @@ def main() -> None:
                     row = lammps_row(work, n, args)
                     if "energy_step0_ev" in row:
                         if reference is None:
-                            calculator = MLFFCalculator(model, device="cpu", dtype="float64")
+                            calculator = MLFFCalculator(
+                                model, device="cpu", dtype="float64", compile="none"
+                            )
                             reference = calculator.get_potential_energy(atoms.copy())
                         row["energy_error_ev"] = abs(row["energy_step0_ev"] - reference)
                 else:

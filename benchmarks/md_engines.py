@@ -8,9 +8,9 @@ The model is ``mlff train``'s EGNN at ``--size`` (its default, medium: fixed coo
 edges lay out in neighbour blocks), untrained; ``--size none`` takes build_model's defaults
 (coordinate updates, per-edge sums), as this script did before 2026-12-05's fifth session.
 
-For each case it runs the ASE engine (one structure through ASE's integrator and MLFFCalculator)
-and the batched engine (every replica in one batch, Verlet list with a 1 Å skin) with the same
-model, NVT Langevin at 300 K, 1 fs, no output files, and prints steps/s, atom-steps/s
+For each case it runs the ASE engine (one structure through ASE's integrator and an eager
+MLFFCalculator) and the batched engine (every replica in one batch, Verlet list with a 1 Å skin)
+with the same model, NVT Langevin at 300 K, 1 fs, no output files, and prints steps/s, atom-steps/s
 and the ratio. For the batched engine it also times the model's forward+backward alone on the
 same batch and pairs, and reports the engine's overhead: the share of a step spent outside the
 model (median of repeated calls; within a few per cent this is timing noise, and it can come out
@@ -58,7 +58,7 @@ def settings(steps: int) -> MDSettings:
 
 def ase_engine(model, atoms, steps: int, args) -> float:
     """Steps per second of the ASE engine."""
-    calculator = MLFFCalculator(model, device=args.device, dtype=args.dtype)
+    calculator = MLFFCalculator(model, device=args.device, dtype=args.dtype, compile="none")
     work = atoms.copy()
     run_md(work, calculator, settings(5))  # warm-up
     summary = run_md(work, calculator, settings(steps))
