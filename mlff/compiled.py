@@ -174,8 +174,12 @@ class CompiledForces:
         # every model's graphs are cached on the one code object of the traced function, and
         # each kind of input of each model is an entry: allow more than torch's default of 8
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        # on a CPU, inductor's C++ wrapper launches the kernels of a call without the Python
+        # wrapper's per-kernel cost (about 5 % of a small molecule's call; compiles no slower)
+        cpu_inductor = backend == "inductor" and model.device.type == "cpu"
+        options = {"cpp_wrapper": True} if cpu_inductor else None
         self._function = torch.compile(
-            _force_function(model), backend=backend, dynamic=True, fullgraph=True
+            _force_function(model), backend=backend, dynamic=True, fullgraph=True, options=options
         )
         self._failed: str | None = None
         self.min_block_edges = MIN_COMPILED_BLOCK_EDGES
