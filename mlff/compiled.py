@@ -51,7 +51,7 @@ AUTO = "auto"
 # above about this many edges; below, compiled on one thread is faster
 # (benchmarks/compiled_crossover.py measures where: between 4,614 and 6,158 edges on the 2-core
 # CPU, docs/measurements.md). Traced in neighbour blocks it was faster at every size measured,
-# up to Cu-16384 (701,076 edges; by 1.07x there, 1.09x at Cu-2048, 1.22x at Cu-256).
+# up to Cu-16384 (701,076 edges; docs/measurements.md, "2026-12-05 (sixth session)").
 MAX_EGNN_COMPILED_EDGES = 4096
 # from this many edges the traced graph takes an EGNN's neighbour-block layout, made eagerly
 # before each call, where the model has one (fixed coordinates, even neighbour counts): the
@@ -64,10 +64,11 @@ MIN_COMPILED_BLOCK_EDGES = 1024
 # steps. Twice that leaves room for smaller savings on larger cells below the edge limit.
 AUTO_COMPILE_MIN_STEPS = 40_000
 # Traced in neighbour blocks, larger calls save in proportion to their edges: at least this
-# many seconds per edge and step (float32, 2 threads: Cu-256 6.4 ms of 35.9 per call, Cu-2048
-# 21.6 of 274.8, Cu-16384 158 of 2,317, ethanol x 256 replicas in the batched engine about 4 of
-# 65 ms per step). Such runs compile once they save twice a cold compile, AUTO_COMPILE_COST_S.
-BLOCKS_SAVING_S_PER_EDGE = 0.2e-6
+# many seconds per edge and step (float32, 2 threads; the least measured was ethanol x 256
+# replicas in the batched engine, 0.32 us; Cu-256 to Cu-16384 per call 0.5-1 us: docs/
+# measurements.md, "2026-12-05 (sixth session)"). Such runs compile once they save twice a cold
+# compile, AUTO_COMPILE_COST_S.
+BLOCKS_SAVING_S_PER_EDGE = 0.3e-6
 AUTO_COMPILE_COST_S = 35.0
 
 
