@@ -163,7 +163,14 @@ class EquivariantGraphConv(nn.Module):
         """``m_ij = phi_e(pre) * sigmoid(phi_inf(.)) * u(r_ij)`` from the first linear layer's
         output ``pre`` (..., F) and the envelope (...)."""
         message = self.message_mlp(pre)
-        return message * (torch.sigmoid(self.gate(message)) * envelope.unsqueeze(-1))
+        if torch.compiler.is_compiling():
+            # the gate's one output as a sum over features: a compiler fuses it into the loop
+            # that makes the message, where a matrix product with one column would read the
+            # (edges, F) messages once more (and eagerly that product is the faster form)
+            logit = (message * self.gate.weight[0]).sum(-1, keepdim=True) + self.gate.bias
+        else:
+            logit = self.gate(message)
+        return message * (torch.sigmoid(logit) * envelope.unsqueeze(-1))
 
     def invariants(self, densities: torch.Tensor) -> torch.Tensor:
         """Rotation invariants of the densities ``A_l`` (n, M, order * C).
