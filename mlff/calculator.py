@@ -19,6 +19,7 @@ from mlff.compiled import (
     COMPILE_CHOICES,
     compile_model,
     compiles_faster,
+    is_compiled,
 )
 from mlff.covariance import CovarianceResult, check_covariance
 from mlff.errors import CovarianceError, MLFFError
@@ -116,7 +117,7 @@ class MLFFCalculator(Calculator):
         self._compile_after_s: float | None = None
         if compile == AUTO:
             compile = "none"
-            if compiles_faster(prepared):
+            if compiles_faster(prepared) and not is_compiled(prepared):
                 self._compile_after_s = AUTO_COMPILE_COST_S
         if compile != "none" and not self._owns_model:
             prepared, self._owns_model = copy.deepcopy(prepared), True
