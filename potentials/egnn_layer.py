@@ -163,10 +163,12 @@ class EquivariantGraphConv(nn.Module):
         """``m_ij = phi_e(pre) * sigmoid(phi_inf(.)) * u(r_ij)`` from the first linear layer's
         output ``pre`` (..., F) and the envelope (...)."""
         message = self.message_mlp(pre)
-        if torch.compiler.is_compiling():
-            # the gate's one output as a sum over features: a compiler fuses it into the loop
-            # that makes the message, where a matrix product with one column would read the
-            # (edges, F) messages once more (and eagerly that product is the faster form)
+        if torch.compiler.is_compiling() and not self.gate.weight.requires_grad:
+            # compiled inference: the gate's one output as a sum over features, which a compiler
+            # fuses into the loop that makes the message, where a matrix product with one
+            # column would read the (edges, F) messages once more. Eagerly the product is
+            # faster; in compiled training steps (weights with gradients) the sum was no faster
+            # (docs/measurements.md, "2026-12-05 (sixth session)")
             logit = (message * self.gate.weight[0]).sum(-1, keepdim=True) + self.gate.bias
         else:
             logit = self.gate(message)
