@@ -1,7 +1,7 @@
 """The batched engine on a GPU: one JSON table over molecules and crystals, float32 and float64.
 
     python benchmarks/md_gpu.py [--out md_gpu.json] [--steps 200] [--quick] [--size medium]
-        [--compile none|inductor] [--device cuda]
+        [--hyper '{}'] [--compile none|inductor] [--device cuda]
 
 Cases: ethanol x {1, 64, 1024} replicas, aspirin (21 atoms, the first frame of
 data/aspirin_gfn2_500K.extxyz) x {1, 64}, and fcc Cu cells of {256, 2048, 32k, 100k} atoms; NVT
@@ -25,12 +25,12 @@ from pathlib import Path
 import ase.io
 import torch
 from ase.build import bulk, molecule
+from md_engines import hyperparameters  # --size and --hyper, as md_engines.py reads them
 
 from mlff import build_model
 from mlff.compiled import compile_model
 from mlff.md.runner import run_batched_md
 from mlff.md.settings import MDSettings
-from mlff.training.config import TrainConfig
 
 ASPIRIN = Path(__file__).resolve().parent.parent / "data" / "aspirin_gfn2_500K.extxyz"
 
@@ -53,10 +53,7 @@ def cases(quick: bool) -> list[tuple[str, list, list[str]]]:
 def make_model(elements: list[str], dtype: torch.dtype, args):
     """The EGNN of ``--size`` on ``--device``, compiled with ``--compile``."""
     torch.manual_seed(0)
-    preset = {}
-    if args.size != "none":
-        preset = TrainConfig(potential="egnn", size=args.size).model_hyperparameters()
-    model = build_model("egnn", elements=elements, cutoff=5.0, **preset)
+    model = build_model("egnn", elements=elements, cutoff=5.0, **hyperparameters(args))
     model = model.to(args.device, dtype).eval()
     if args.compile != "none":
         model = compile_model(model.requires_grad_(False), args.compile)
@@ -102,6 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--size", default="medium", help="mlff train's size preset, or none")
+    parser.add_argument("--hyper", default="{}", help="build_model hyperparameters over --size")
     parser.add_argument("--compile", default="none", choices=["none", "inductor"])
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (dry run)")
     args = parser.parse_args()

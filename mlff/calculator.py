@@ -119,9 +119,9 @@ class MLFFCalculator(Calculator):
             compile = "none"
             if compiles_faster(prepared) and not is_compiled(prepared):
                 self._compile_after_s = AUTO_COMPILE_COST_S
-        if compile != "none" and not self._owns_model:
-            prepared, self._owns_model = copy.deepcopy(prepared), True
-        self.model = compile_model(prepared, compile)
+        self.model = prepared
+        if compile != "none":
+            self._compile(compile)
         if self.model.device.type == "cpu":
             keep_freed_memory()
             flush_denormals()
@@ -211,12 +211,16 @@ class MLFFCalculator(Calculator):
         if self._compile_after_s > 0:
             return
         self._compile_after_s = None
-        if not self._owns_model:
-            self.model, self._owns_model = copy.deepcopy(self.model), True
         LOG.info(
             "compiling the model (compile='auto'): the eager calls took %.0f s", AUTO_COMPILE_COST_S
         )
-        self.model = compile_model(self.model, "inductor")
+        self._compile("inductor")
+
+    def _compile(self, mode: str) -> None:
+        """Compile ``self.model`` with ``mode``; a copy of it, not the caller's model."""
+        if not self._owns_model:
+            self.model, self._owns_model = copy.deepcopy(self.model), True
+        self.model = compile_model(self.model, mode)
 
     @staticmethod
     def _voigt(stress: torch.Tensor) -> np.ndarray:

@@ -273,10 +273,8 @@ class _scatters_without_atomics:
     around every call, not only while compiling, so the graph's guards always see the same
     state, and restored after. Elsewhere (per-edge graphs, other devices): nothing."""
 
-    enabled = True  # benchmarks switch it off to compare
-
     def __init__(self, device: torch.device, in_blocks: bool) -> None:
-        self.active = device.type == "cpu" and in_blocks and self.enabled
+        self.active = device.type == "cpu" and in_blocks
         self.previous = (False, False)
 
     def __enter__(self) -> None:

@@ -168,7 +168,7 @@ def run_batched_md(
     reports = {k: SystemReport(k, start_step, None, None, 0, None, 0) for k in systems}
     covariance_every = int(settings.covariance_every)
     writer = BatchWriter(structures, trajectory, log, covariance_every > 0, append)
-    stopped_by, started, done, elapsed = None, time.perf_counter(), 0, None
+    stopped_by, done = None, 0
     atom_steps = 0
 
     def setup(batch: SystemBatch):
@@ -317,8 +317,6 @@ def run_batched_md(
         final = dict(zip(systems, state.batch.to_atoms(), strict=True))
     finally:
         writer.close()
-    if elapsed is None:  # the steps never finished
-        elapsed = time.perf_counter() - started
     rate = done / elapsed if elapsed > 0 else 0.0
     return BatchedRunSummary(
         steps=done,
