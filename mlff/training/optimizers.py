@@ -15,8 +15,10 @@ from typing import Any
 import torch
 
 from mlff.errors import DataError
+from mlff.training.config import OPTIMIZER_CHOICES
 
-OPTIMIZERS = ("adamw", "muon")
+# the optimisers by name; "auto" picks one of them per run (resolve_optimizer)
+OPTIMIZERS = tuple(choice for choice in OPTIMIZER_CHOICES if choice != "auto")
 # matrices with a side shorter than this (the element embedding, one-output readouts and
 # gates) stay with AdamW: orthogonalising a vector only normalises it
 MIN_MUON_SIDE = 8
@@ -173,8 +175,8 @@ def resolve_optimizer(
     with no periodic structure, where it was measured to win, else "adamw" (Muon failed on Cu;
     the TFN and the encoder are not measured). A resumed run keeps the optimiser its
     ``checkpoint`` (read from ``where``) was written with."""
-    if choice not in ("auto", *OPTIMIZERS):
-        raise DataError(f"optimizer must be one of auto, {', '.join(OPTIMIZERS)}, got {choice!r}")
+    if choice not in OPTIMIZER_CHOICES:
+        raise DataError(f"optimizer must be one of {', '.join(OPTIMIZER_CHOICES)}, got {choice!r}")
     if checkpoint is not None:
         written = "muon" if set(checkpoint["optimizer"]) == {"muon", "adamw"} else "adamw"
         if choice not in ("auto", written):
