@@ -75,9 +75,12 @@ def systems(names: str = "ethanol,Cu-256,Cu-2048") -> dict[str, tuple[Atoms, lis
 
 
 def hyperparameters(potential: str, size: str, hyper: str) -> dict:
-    """``mlff train``'s hyperparameters for ``potential`` at ``size``, updated by JSON ``hyper``."""
+    """``mlff train``'s hyperparameters for ``potential`` at ``size`` (``"none"``: build_model's
+    defaults), updated by JSON ``hyper``. A bad option exits with one line naming it."""
+    resolved = {}
     try:
-        resolved = TrainConfig(potential=potential, size=size).model_hyperparameters()
+        if size != "none":
+            resolved = TrainConfig(potential=potential, size=size).model_hyperparameters()
     except DataError as error:
         sys.exit(f"--size: {error}")
     try:

@@ -39,7 +39,6 @@ from mlff.md.neighbours import VerletList
 from mlff.md.runner import run_batched_md
 from mlff.md.settings import MDSettings
 from mlff.md.state import SystemBatch
-from mlff.training.config import TrainConfig
 
 CASES = {
     "ethanol": (lambda: molecule("CH3CH2OH"), 1, ["H", "C", "O"]),
@@ -98,10 +97,9 @@ def compiled_engine(model, structures, steps: int, args) -> tuple[float, float]:
 
 def hyperparameters(args) -> dict:
     """The EGNN's build_model arguments: the ``--size`` preset, updated by ``--hyper``."""
-    preset = {}
-    if args.size != "none":
-        preset = TrainConfig(potential="egnn", size=args.size).model_hyperparameters()
-    return {**preset, **json.loads(args.hyper)}
+    from calculator_speed import hyperparameters as preset_hyperparameters  # benchmarks/
+
+    return preset_hyperparameters("egnn", args.size, args.hyper)
 
 
 def _synchronise(device) -> None:
