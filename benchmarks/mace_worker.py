@@ -50,6 +50,21 @@ from pathlib import Path
 import numpy as np
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: on Linux the kernel sends it SIGTERM when the process
+    that started it dies, so a stopped benchmark leaves no MACE training running behind it
+    (which would share the cores, and the work folder, with the next run). Elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def call_times(
     atoms,
     calc,
@@ -344,7 +359,9 @@ def train(args: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, cwd=work, env=env, check=True, stdout=sys.stderr)
+    subprocess.run(
+        command, cwd=work, env=env, check=True, stdout=sys.stderr, preexec_fn=die_with_parent
+    )
     wall = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)

@@ -198,7 +198,9 @@ def run_mace(train: Path, test: Path, work: Path, args) -> dict:
         str(args.mace_threads or os.cpu_count() or 1),
     ]
     print(f"training MACE: {' '.join(command)}", file=sys.stderr, flush=True)
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    from mace_worker import die_with_parent  # benchmarks/
+
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     if done.returncode != 0 or not done.stdout.strip():
         sys.exit(f"--mace-python {args.mace_python}: mace_worker.py exited {done.returncode}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
