@@ -46,7 +46,7 @@ import ase.io
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-from mace_worker import count_flops, gemm_gflops, time_calls
+from mace_worker import count_flops, die_with_parent, gemm_gflops, time_calls
 
 from mlff import MLFFCalculator, build_model
 from mlff.errors import DataError
@@ -118,7 +118,9 @@ def mace_rows(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
             str(args.gemm_size),
         ]
         print(f"timing MACE: {' '.join(command)}", file=sys.stderr, flush=True)
-        done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            command, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent
+        )
     if done.returncode != 0 or not done.stdout.strip():
         print(f"--mace-python: mace_worker.py exited {done.returncode}", file=sys.stderr)
         return {}

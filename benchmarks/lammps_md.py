@@ -39,6 +39,7 @@ from pathlib import Path
 import ase.io
 import torch
 from ase.build import bulk
+from mace_worker import die_with_parent  # benchmarks/
 
 from mlff import MLFFCalculator, build_model, save_model
 from mlff.errors import MLFFError
@@ -95,7 +96,13 @@ def run(command: list[str], cwd: Path, timeout: float, env: dict | None = None):
     """(stdout, None) or (None, the reason it failed in one line)."""
     try:
         done = subprocess.run(
-            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+            command,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=die_with_parent,  # a stopped benchmark takes LAMMPS along
         )
     except subprocess.TimeoutExpired:
         return None, f"over {timeout:g} s"

@@ -189,8 +189,12 @@ def run_child(command: list[str], args: argparse.Namespace, env: dict) -> tuple[
     if args.memory_limit_gb:
         limit = int(args.memory_limit_gb * 2**30)
 
-    def cap_memory() -> None:  # in the child, before it starts python
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from mace_worker import die_with_parent  # benchmarks/
+
+    def prepare_child() -> None:  # in the child, before it starts python
+        die_with_parent()  # a stopped benchmark takes its children (10^5 atoms: minutes) along
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     timeout = args.timeout
     try:
@@ -200,7 +204,7 @@ def run_child(command: list[str], args: argparse.Namespace, env: dict) -> tuple[
             text=True,
             timeout=timeout,
             env=env,
-            preexec_fn=cap_memory if limit else None,
+            preexec_fn=prepare_child,
         )
     except subprocess.TimeoutExpired as expired:
         sys.stderr.write(_text(expired.stderr))
