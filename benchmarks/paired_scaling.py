@@ -41,7 +41,7 @@ def per_atom_us(atoms, calc, min_calls: int, min_seconds: float, max_calls: int)
 
 def main() -> None:
     from calculator_speed import add_model_arguments, hyperparameters
-    from scaling import CUTOFF, copper
+    from scaling import copper, copper_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256,16384", help="small,large atom counts asked")
@@ -61,17 +61,10 @@ def main() -> None:
     hyper = hyperparameters(args.potential, args.size, args.hyper)
     import torch
 
-    from mlff import MLFFCalculator, build_model
+    from mlff import MLFFCalculator
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(
-        potential=args.potential,
-        encoder=args.encoder,
-        elements=["Cu"],
-        cutoff=CUTOFF,
-        **hyper,
-    )
+    model = copper_model(args)
     calc = MLFFCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
     cells = {"small": copper(small), "large": copper(large)}
     if args.compile != "none":  # compile both before timing

@@ -87,69 +87,34 @@ def protocol(n_atoms: int) -> dict[str, float]:
     return {"min_calls": 2, "min_seconds": 0.0, "max_calls": 2, "warmups": 2}
 
 
-class LiveMemory:
-    """Peak of the bytes glibc's malloc has handed out and not yet freed (``mallinfo2``), MB,
-    sampled every 2 ms by a thread: the tensors' own memory, where the peak RSS also counts
-    freed memory that :func:`mlff.runtime.keep_freed_memory` keeps for reuse. None off glibc."""
+def copper_model(args: argparse.Namespace):
+    """The untrained model of ``--potential``/``--encoder``/``--size``/``--hyper`` for Cu, 5 Å
+    cutoff, weights seeded (0)."""
+    import torch
+    from calculator_speed import hyperparameters
 
-    def __init__(self) -> None:
-        import ctypes
-        import threading
+    from mlff import build_model
 
-        class Info(ctypes.Structure):
-            names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-            _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
-
-        try:
-            self._mallinfo = ctypes.CDLL(None).mallinfo2
-            self._mallinfo.restype = Info
-        except (OSError, AttributeError):
-            self._mallinfo = None
-        self.start = self.peak = self.now()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        if self._mallinfo is not None:
-            self._thread.start()
-
-    def now(self) -> float | None:
-        if self._mallinfo is None:
-            return None
-        info = self._mallinfo()
-        return (info.uordblks + info.hblkhd) / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self.now())
-
-    def stop(self) -> float | None:
-        """The peak above the bytes in use at the start, MB."""
-        if self._mallinfo is None:
-            return None
-        self._stop.set()
-        self._thread.join()  # no sample lands after the peak is read
-        return self.peak - self.start
+    torch.manual_seed(0)
+    hyper = hyperparameters(args.potential, args.size, args.hyper)
+    return build_model(
+        potential=args.potential, encoder=args.encoder, elements=["Cu"], cutoff=CUTOFF, **hyper
+    )
 
 
 def one_size(args: argparse.Namespace) -> dict:
     """Child process: build, time and measure one size; the row as a dict."""
     import torch
-    from calculator_speed import hyperparameters
+    from live_memory import LiveMemory
     from mace_worker import call_times, peak_rss_mb, rss_mb
 
-    from mlff import MLFFCalculator, build_model
+    from mlff import MLFFCalculator
     from mlff.graph import graph_from_atoms
 
     torch.set_num_threads(args.threads)
     atoms = copper(args.one)
     row: dict = {"atoms": len(atoms), "cells": "x".join(map(str, supercell(args.one)))}
-    torch.manual_seed(0)
-    model = build_model(
-        potential=args.potential,
-        encoder=args.encoder,
-        elements=["Cu"],
-        cutoff=CUTOFF,
-        **hyperparameters(args.potential, args.size, args.hyper),
-    )
+    model = copper_model(args)
     try:
         calc = MLFFCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
         if args.compile != "none":  # compile before timing
