@@ -7,8 +7,8 @@
 ``scaling.py`` times every size in its own process, one after the other, minutes apart. On a
 shared host whose memory bandwidth drifts over minutes (other tenants on the same socket), two
 such figures can differ by more than the ratio asked of them. Here one process builds both
-cells (:func:`scaling.copper`: rattled fcc Cu) and one calculator (``calculator_speed.py``'s
-model, untrained, 5 Å cutoff), then alternates: each round times the small cell (one warm-up,
+cells (:func:`scaling.copper`: rattled fcc Cu) and one calculator (:func:`scaling.copper_model`:
+the preset, untrained, 5 Å cutoff), then alternates: each round times the small cell (one warm-up,
 then at least 3 calls and 1 s, median) and right after it the large one (one warm-up, then 2
 calls, median), each call on a fresh rattle. A round's ratio is its large µs/atom over its
 small µs/atom, so drift slower than a round cancels. Printed: every round and the median, least
