@@ -64,7 +64,7 @@ def main() -> None:
     from mlff import MLFFCalculator
 
     torch.set_num_threads(args.threads)
-    model = copper_model(args)
+    model = copper_model(args, hyper)
     calc = MLFFCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
     cells = {"small": copper(small), "large": copper(large)}
     if args.compile != "none":  # compile both before timing

@@ -87,16 +87,15 @@ def protocol(n_atoms: int) -> dict[str, float]:
     return {"min_calls": 2, "min_seconds": 0.0, "max_calls": 2, "warmups": 2}
 
 
-def copper_model(args: argparse.Namespace):
-    """The untrained model of ``--potential``/``--encoder``/``--size``/``--hyper`` for Cu, 5 Å
-    cutoff, weights seeded (0)."""
+def copper_model(args: argparse.Namespace, hyper: dict):
+    """The untrained model of ``--potential`` and ``--encoder`` with the resolved
+    hyperparameters ``hyper`` (``calculator_speed.hyperparameters``) for Cu, 5 Å cutoff,
+    weights seeded (0)."""
     import torch
-    from calculator_speed import hyperparameters
 
     from mlff import build_model
 
     torch.manual_seed(0)
-    hyper = hyperparameters(args.potential, args.size, args.hyper)
     return build_model(
         potential=args.potential, encoder=args.encoder, elements=["Cu"], cutoff=CUTOFF, **hyper
     )
@@ -105,6 +104,7 @@ def copper_model(args: argparse.Namespace):
 def one_size(args: argparse.Namespace) -> dict:
     """Child process: build, time and measure one size; the row as a dict."""
     import torch
+    from calculator_speed import hyperparameters
     from live_memory import LiveMemory
     from mace_worker import call_times, peak_rss_mb, rss_mb
 
@@ -114,7 +114,7 @@ def one_size(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     atoms = copper(args.one)
     row: dict = {"atoms": len(atoms), "cells": "x".join(map(str, supercell(args.one)))}
-    model = copper_model(args)
+    model = copper_model(args, hyperparameters(args.potential, args.size, args.hyper))
     try:
         calc = MLFFCalculator(model, device=args.device, dtype=args.dtype, compile=args.compile)
         if args.compile != "none":  # compile before timing
