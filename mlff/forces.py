@@ -12,10 +12,13 @@ training on forces; evaluation leaves it off.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from mlff.compiled import CompiledForces, compiled_forces
 from mlff.graph import AtomicGraph
+from mlff.potentials.fused import reference_path
 from mlff.potentials.layers import gather
 from mlff.runtime import SINGLE_THREAD_EDGES_EAGER, single_thread_below
 
@@ -102,7 +105,9 @@ def _evaluate_eager(
         inputs.append(strain)
         positions, cell = strained(positions, cell, strain, graph.batch)
     vectors = edge_vectors(positions, cell, graph)
-    energies = model.atomic_energies(species, graph.edge_index, vectors)
+    # the fused kernels give first derivatives only
+    with reference_path() if create_graph else contextlib.nullcontext():
+        energies = model.atomic_energies(species, graph.edge_index, vectors)
     energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=energies.device)
     energy = energy.index_add(0, graph.batch, energies)
     results = {"energy": energy, "energies": energies}

@@ -39,7 +39,9 @@ Speed (exact reformulations, no approximation):
   (it commutes with the sum over neighbours), never an (edges, M, C) tensor;
 - above ``max_chunk_edges`` edges the layers run chunks of ``chunk_edges`` edges (groups of
   centre atoms) one at a time under activation checkpointing, so memory grows linearly in
-  atoms with a small constant.
+  atoms with a small constant;
+- inference on a CPU (frozen weights, fixed coordinates, eager) runs each layer's edge sums,
+  and the edge geometry, in fused C++ kernels (:mod:`.egnn_fused`, :mod:`.fused`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import BlocksCache, NeighbourBlocks
+from .egnn_fused import fused_applies, fused_layers
 from .harmonics import harmonic_matrix, real_harmonics
 
 __all__ = ["EGNN", "EquivariantGraphConv", "real_harmonics"]
@@ -140,6 +143,7 @@ class EGNN(nn.Module):
         self.max_chunk_edges = MAX_CHUNK_EDGES
         self.chunk_edges = CHUNK_EDGES
         self.max_padding = MAX_PADDING
+        self.use_fused = True  # fused CPU kernels where they apply (egnn_fused.fused_applies)
         self._blocks = BlocksCache()
         # not cached globally: a tensor made while a compiler traces must not outlive the trace
         matrix = harmonic_matrix(self.angular_order) if self.angular_channels else None
@@ -148,11 +152,8 @@ class EGNN(nn.Module):
         # layout, one chunk); see mlff.compiled
         self.traceable = False
         self.readout = mlp([features, features // 2 or 1, 1])
-        self.layer_readouts = (
-            nn.ModuleList(nn.Linear(features, 1) for _ in range(num_layers - 1))
-            if layer_readouts
-            else None
-        )
+        readouts = (nn.Linear(features, 1) for _ in range(num_layers - 1))
+        self.layer_readouts = nn.ModuleList(readouts) if layer_readouts else None
 
     def _apply(self, fn, recurse=True):
         """Follow ``.to(dtype/device)``, but remake the harmonics' coefficients from their exact
@@ -197,6 +198,8 @@ class EGNN(nn.Module):
         # a caller's layout fits (traced_layout checked it): no guard on the symbolic sizes
         in_blocks = laid_out or self._fits_blocks(blocks, n_atoms, n_edges)
         layers = self._layers_in_blocks if in_blocks else self._layers_on_edges
+        if not laid_out and n_edges and fused_applies(self, h.dtype, h.device):
+            layers = self._layers_fused  # edges sorted by centre, any neighbour counts
         energies: torch.Tensor | None = None
         states = layers(h, edge_features, edge_index, edge_vectors, edge_lengths, blocks)
         for k, h in enumerate(states):  # noqa: B020 (h: the state after layer k)
@@ -254,6 +257,8 @@ class EGNN(nn.Module):
             )
             h = layer.node_update(h, aggregated, angular)
             yield h
+
+    _layers_fused = fused_layers  # each layer's edge sums in the fused CPU kernel
 
     def _layers_on_edges(self, h, edge_features, edge_index, edge_vectors, edge_lengths, blocks):
         """Yield ``h`` after each layer, with per-edge tensors (any neighbour counts, moving

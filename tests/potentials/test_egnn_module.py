@@ -90,14 +90,14 @@ def cluster(n_atoms: int = 14, seed: int = 0):
     return positions, pairs
 
 
-def make_egnn(edge_features_in: int = 0, seed: int = 0, **options) -> EGNN:
+def make_egnn(edge_features_in: int = 0, seed: int = 0, features: int = 8, **options) -> EGNN:
     torch.manual_seed(seed)
     model = EGNN(
         node_features_in=5,
         edge_features_in=edge_features_in,
         cutoff=CUTOFF,
         avg_num_neighbors=4.0,
-        features=8,
+        features=features,
         num_layers=3,
         n_basis=6,
         **options,
