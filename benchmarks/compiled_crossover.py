@@ -1,13 +1,16 @@
 """Eager against compiled evaluation per call, from a molecule to bulk cells, to place the size
-above which ``mlff.compiled`` leaves a model eager (``MAX_EGNN_COMPILED_EDGES``).
+above which ``mlff.compiled`` leaves a model eager (``MAX_EGNN_COMPILED_EDGES``,
+``MIN_FUSED_EDGES``).
 
     python benchmarks/compiled_crossover.py [--size medium] [--hyper '{...}'] [--threads 2]
         [--dtype float32] [--cells 2x2x2,2x2x3,3x3x3,4x4x4] [--json]
 
 For ethanol and fcc Cu supercells (cubic cell, 0.05 Å rattle) it times energy + forces of the
-same model eagerly (``mlff.forces.evaluate``) and through its compiled graph directly (ignoring
-the size rule), median of repeated calls after a compiling warm-up, and prints ms per call and
-the edge count. Record results in docs/measurements.md with command, date and machine.
+same model eagerly (``mlff.forces.evaluate``) with the fused CPU kernels
+(:mod:`mlff.potentials.fused`, where they build) and without them (``eager_reference_ms``: the
+op-by-op reference), and through its compiled graph directly (ignoring the size rule), median of
+repeated calls after a compiling warm-up, and prints ms per call and the edge count. Record
+results in docs/measurements.md with command, date and machine.
 """
 
 from __future__ import annotations
@@ -77,11 +80,14 @@ def main() -> None:
             "eager_ms": median_ms(lambda: evaluate(model, graph), repeats),  # noqa: B023
             "compiled_ms": median_ms(lambda: compiled(*inputs), repeats),  # noqa: B023
         }
+        model.potential.use_fused = False
+        row["eager_reference_ms"] = median_ms(lambda: evaluate(model, graph), repeats)  # noqa: B023
+        model.potential.use_fused = True
         rows.append(row)
         print(
             f"{name:<9} {row['edges']:>7} edges  eager {row['eager_ms']:8.2f} ms  "
-            f"compiled {row['compiled_ms']:8.2f} ms  eager/compiled "
-            f"{row['eager_ms'] / row['compiled_ms']:5.2f}",
+            f"(reference {row['eager_reference_ms']:8.2f})  compiled {row['compiled_ms']:8.2f} "
+            f"ms  eager/compiled {row['eager_ms'] / row['compiled_ms']:5.2f}",
             flush=True,
         )
     if args.json:

@@ -42,6 +42,7 @@ from mlff.errors import MLFFError
 from mlff.model import ForceField
 from mlff.potentials.blocks import NeighbourBlocks
 from mlff.potentials.egnn import MAX_CHUNK_EDGES
+from mlff.potentials.egnn_fused import fused_applies
 from mlff.runtime import SINGLE_THREAD_EDGES_COMPILED, single_thread_below
 
 COMPILE_CHOICES = ("none", "inductor")
@@ -57,6 +58,11 @@ MAX_EGNN_COMPILED_EDGES = 4096
 # before each call, where the model has one (fixed coordinates, even neighbour counts): the
 # angular densities are then a batched matmul instead of an (edges, M, C) scatter
 MIN_COMPILED_BLOCK_EDGES = 1024
+# from this many edges an EGNN whose edge sums run in the fused CPU kernels
+# (mlff.potentials.fused) evaluates faster eagerly than compiled: the graph then stays eager
+# (benchmarks/compiled_crossover.py: eager over compiled 1.04 at Cu-108, 4,614 edges, and 0.78
+# at Cu-256, 10,964 edges, on the 2-core CPU; docs/measurements.md, "2026-12-06 (ninth session)")
+MIN_FUSED_EDGES = 8192
 # `--compile auto` compiles runs of at least this many steps. Compiling costs about 35 s on the
 # 2-core CPU the first time (about 5 s once inductor's disk cache holds the kernels) and the
 # compiled batched engine saves about 1.7 ms per step on one ethanol (772 against 350 steps/s,
@@ -129,7 +135,7 @@ def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -
     potential = model.potential
     if not compiles_faster(model) or n_edges <= 0:
         return "none"
-    if n_edges > potential.max_chunk_edges:
+    if n_edges > potential.max_chunk_edges or fused_eager_faster(model, n_edges):
         return "none"
     in_blocks = (
         graph is not None and block_layout(potential, graph.edge_index, graph.n_atoms) is not None
@@ -137,6 +143,12 @@ def auto_compile_mode(model: ForceField, n_edges: int, steps: int, graph=None) -
     if not in_blocks and n_edges > MAX_EGNN_COMPILED_EDGES:
         return "none"
     return "inductor" if steps >= auto_compile_min_steps(n_edges, in_blocks) else "none"
+
+
+def fused_eager_faster(model: ForceField, n_edges: int) -> bool:
+    """Whether ``model`` evaluates calls of ``n_edges`` edges faster eagerly, through the fused
+    CPU kernels, than compiled: from :data:`MIN_FUSED_EDGES` on, where the kernels apply."""
+    return n_edges >= MIN_FUSED_EDGES and fused_applies(model.potential, model.dtype, model.device)
 
 
 def block_layout(
@@ -193,12 +205,15 @@ class CompiledForces:
     def applies(self, n_atoms: int, n_edges: int, edge_index: torch.Tensor | None = None) -> bool:
         """Whether the compiled graph serves a structure of this size (else: evaluate eagerly).
 
-        An EGNN: up to :data:`MAX_EGNN_COMPILED_EDGES` edges in any layout, and above that,
-        up to its chunking threshold (where eager chunks bound the memory), only where its
-        ``edge_index`` lays out in neighbour blocks (:meth:`layout`); per edge, its eager
-        layers on every thread are faster there. The TFN has no such limit.
+        An EGNN: below :data:`MIN_FUSED_EDGES` edges where its fused CPU kernels apply (they
+        are faster above); otherwise up to :data:`MAX_EGNN_COMPILED_EDGES` edges in any layout,
+        and above that, up to its chunking threshold (where eager chunks bound the memory),
+        only where its ``edge_index`` lays out in neighbour blocks (:meth:`layout`); per edge,
+        its eager layers on every thread are faster there. The TFN has no such limit.
         """
         if self._failed is not None or n_atoms <= 0 or n_edges <= 0:
+            return False
+        if fused_eager_faster(self.model, n_edges):
             return False
         limit = getattr(self.model.potential, "max_chunk_edges", None)
         if limit is None or n_edges <= min(limit, MAX_EGNN_COMPILED_EDGES):
