@@ -90,6 +90,21 @@ EOF
 mlff --help >/dev/null
 mlff --version
 
+step "the fused CPU kernels build from the wheel's sources (where there is a C++ compiler)"
+MLFF_KERNEL_CACHE="$WORK/kernels" python - <<'EOF'
+import shutil
+
+import torch
+from mlff.potentials import kernels
+
+if shutil.which("g++") is None:
+    print("no g++: the fused kernels are skipped, the reference path runs")
+elif not kernels.available(torch.float32, torch.device("cpu")):
+    raise SystemExit("wheel smoke: the fused kernels did not build from the installed wheel")
+else:
+    print(f"fused kernels built from {', '.join(p.name for p in kernels.SOURCES)}")
+EOF
+
 step "mlff train (0.15 minutes)"
 mlff train train.extxyz --valid valid.extxyz --out train --size small --time-limit 0.15 \
     --progress lines
