@@ -48,13 +48,13 @@ def reference_only() -> bool:
 
 
 def _cuts(ptr: torch.Tensor, parts: int) -> torch.Tensor:
-    """(k + 1,) bounds of k <= ``parts`` consecutive centre-atom ranges with about equal edges
-    (``ptr``: CSR offsets), one per thread."""
-    n_atoms, n_edges = len(ptr) - 1, int(ptr[-1])
-    targets = torch.linspace(0, n_edges, parts + 1, dtype=torch.float64)[1:-1]
-    inner = torch.searchsorted(ptr.to(torch.float64), targets).clamp_(0, n_atoms)
-    cuts = torch.cat([ptr.new_zeros(1), inner.to(ptr.dtype), ptr.new_full((1,), n_atoms)])
-    return torch.unique_consecutive(cuts)
+    """(parts + 1,) bounds of ``parts`` consecutive centre-atom ranges with about equal edges
+    (``ptr``: CSR offsets), one per thread; some may be empty. Tensor ops only: nothing is read
+    back as a Python number (the batched MD engines' steps forbid that)."""
+    n_atoms = len(ptr) - 1
+    fractions = torch.arange(1, parts, dtype=torch.float64) / parts
+    inner = torch.searchsorted(ptr, (fractions * ptr[-1]).to(ptr.dtype)).clamp_(0, n_atoms)
+    return torch.cat([ptr.new_zeros(1), inner, ptr.new_full((1,), n_atoms)])
 
 
 def _address(tensor: torch.Tensor | None) -> int | None:
@@ -75,11 +75,11 @@ class _Weights:
         self.W2T = self.W2.t().contiguous()
         self.b2 = linear.bias.detach().contiguous()
         self.g = gate.weight.detach()[0].contiguous()
-        self.gb = float(gate.bias.detach()[0])
+        self.gb = gate.bias.detach().contiguous()  # (1,): read by the kernel, not here
 
     def addresses(self) -> list:
-        tensors = (self.WrT, self.W2T, self.W2, self.b2, self.g)
-        return [t.data_ptr() for t in tensors] + [self.gb]
+        tensors = (self.WrT, self.W2T, self.W2, self.b2, self.g, self.gb)
+        return [t.data_ptr() for t in tensors]
 
 
 class _FusedEdgeSums(torch.autograd.Function):
@@ -128,7 +128,7 @@ class _FusedEdgeSums(torch.autograd.Function):
 
 
 def _inputs(centre, neighbour, radial, envelope, harmonics, ptr, nbr, weights) -> list:
-    """The kernel arguments from ``ptr`` to the gate bias."""
+    """The kernel arguments from ``ptr`` to the gate bias (pointers and sizes)."""
     return [ptr.data_ptr(), nbr.data_ptr(), centre.shape[1], radial.shape[1],
             0 if harmonics is None else harmonics.shape[1], centre.data_ptr(),
             neighbour.data_ptr(), radial.data_ptr(), envelope.data_ptr(), _address(harmonics),

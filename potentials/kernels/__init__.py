@@ -121,10 +121,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     for suffix in SUFFIX.values():
         forward = getattr(lib, f"mlff_messages_forward_{suffix}")
         forward.argtypes = [pointer, integer, pointer, pointer, integer, integer, integer]
-        forward.argtypes += [pointer] * 10 + [ctypes.c_double, pointer, pointer]
+        forward.argtypes += [pointer] * 13
         backward = getattr(lib, f"mlff_messages_backward_{suffix}")
         backward.argtypes = [pointer, integer, pointer, pointer, integer, integer, integer]
-        backward.argtypes += [pointer] * 10 + [ctypes.c_double] + [pointer] * 3
+        backward.argtypes += [pointer] * 14
         backward.argtypes += [index] + [pointer] * 4
         forward.restype = backward.restype = integer
         geometry = getattr(lib, f"mlff_geometry_forward_{suffix}")

@@ -36,7 +36,7 @@ struct Weights {
   const T* W2;   // (F, F): the same weight as stored (out, in)
   const T* b2;   // (F)
   const T* g;    // (F): gate weight
-  T gb;          // gate bias
+  T gb;          // gate bias (read from its tensor once per call)
   int B;         // radial features (basis + edge features)
   int M;         // harmonics (0: no direction sums)
 };
@@ -310,9 +310,9 @@ void backward(int64_t first, int64_t end, const int64_t* ptr, const int64_t* nbr
 }
 
 template <typename T>
-Weights<T> weights(const T* WrT, const T* W2T, const T* W2, const T* b2, const T* g, double gb,
+Weights<T> weights(const T* WrT, const T* W2T, const T* W2, const T* b2, const T* g, const T* gb,
                    int B, int M) {
-  return Weights<T>{WrT, W2T, W2, b2, g, static_cast<T>(gb), B, M};
+  return Weights<T>{WrT, W2T, W2, b2, g, *gb, B, M};
 }
 
 }  // namespace
@@ -356,14 +356,14 @@ Weights<T> weights(const T* WrT, const T* W2T, const T* W2, const T* b2, const T
   extern "C" int mlff_messages_forward_##SUFFIX(                                                 \
       const int64_t* cuts, int n_parts, const int64_t* ptr, const int64_t* nbr, int F, int B,    \
       int M, const T* c, const T* nb, const T* rad, const T* env, const T* Y, const T* WrT,      \
-      const T* W2T, const T* W2, const T* b2, const T* g, double gb, T* agg, T* dens) {          \
+      const T* W2T, const T* W2, const T* b2, const T* g, const T* gb, T* agg, T* dens) {          \
     Weights<T> w = weights<T>(WrT, W2T, W2, b2, g, gb, B, M);                                    \
     MLFF_DISPATCH(F, (forward<T, kF>(first, end, ptr, nbr, c, nb, rad, env, Y, w, agg, dens)))   \
   }                                                                                              \
   extern "C" int mlff_messages_backward_##SUFFIX(                                                \
       const int64_t* cuts, int n_parts, const int64_t* ptr, const int64_t* nbr, int F, int B,    \
       int M, const T* c, const T* nb, const T* rad, const T* env, const T* Y, const T* WrT,      \
-      const T* W2T, const T* W2, const T* b2, const T* g, double gb, const T* g_agg,             \
+      const T* W2T, const T* W2, const T* b2, const T* g, const T* gb, const T* g_agg,              \
       const T* g_dens, T* g_c, int64_t n_rows, T* g_nb, T* g_rad, T* g_env, T* g_Y) {           \
     Weights<T> w = weights<T>(WrT, W2T, W2, b2, g, gb, B, M);                                    \
     MLFF_DISPATCH(F, (backward<T, kF>(first, end, ptr, nbr, c, nb, rad, env, Y, w, g_agg,        \
