@@ -15,8 +15,9 @@ Prints the resolved hyperparameters, then one row per (system, dtype): atoms, ed
 cutoff), milliseconds per call (median over repeated calls with a fresh rattle each time, so
 nothing is cached; one warm-up call, at least 3 calls and 2 s), and the call against the
 hardware: ``gflop_per_call`` (FLOPs of one call, forward and backward, counted by
-``torch.utils.flop_counter.FlopCounterMode``, which counts matrix products only: gathers,
-scatters and element-wise work count zero, so this is a lower bound of the arithmetic),
+``torch.utils.flop_counter.FlopCounterMode`` on the op-by-op reference path, which counts
+matrix products only: gathers, scatters and element-wise work count zero, so this is a lower
+bound of the arithmetic),
 ``achieved_gflops`` (those FLOPs over the median time), ``gemm_gflops`` (the throughput of a
 timed ``--gemm-size`` square matmul on the same device, threads and dtype, in this process) and
 ``fraction_of_gemm`` (achieved over GEMM). ``--json`` prints one JSON object instead, with the
@@ -47,6 +48,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from mace_worker import count_flops, die_with_parent, gemm_gflops, time_calls
+from mlff.potentials.fused import reference_path
 
 from mlff import MLFFCalculator, build_model
 from mlff.errors import DataError
@@ -55,8 +57,9 @@ from mlff.training.config import TrainConfig
 
 CUTOFF = 5.0  # Å, mlff train's default and MACE's r_max here
 FLOPS_NOTE = (
-    "FLOPs: matrix products only (torch.utils.flop_counter.FlopCounterMode), forward + backward "
-    "of one call; GEMM: a timed {n}x{n} matmul on the same device, threads and dtype"
+    "FLOPs: matrix products only (torch.utils.flop_counter.FlopCounterMode, op-by-op reference "
+    "path), forward + backward of one call; GEMM: a timed {n}x{n} matmul on the same device, "
+    "threads and dtype"
 )
 
 
@@ -225,13 +228,12 @@ def main() -> None:
                 time_calls(atoms, calc, sync, min_calls=2, min_seconds=0, stress=args.stress)
             seconds = time_calls(atoms, calc, sync, stress=args.stress)
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-            # counted eagerly: a dispatch mode cannot watch a compiled graph (same matrix products)
-            counting = (
-                calc
-                if args.compile == "none"
-                else MLFFCalculator(model, args.device, dtype, compile="none")
-            )
-            flops, by_op = count_flops(atoms, counting)
+            # counted on the op-by-op reference path: a dispatch mode can watch neither a
+            # compiled graph nor the fused CPU kernels (the same matrix products; the fused
+            # backward pass recomputes the forward's, which is not counted)
+            counting = MLFFCalculator(model, args.device, dtype, compile="none")
+            with reference_path():
+                flops, by_op = count_flops(atoms, counting)
             if dtype not in gemm:
                 gemm[dtype] = gemm_gflops(args.gemm_size, dtype, str(calc.device))
             achieved = flops / 1e9 / seconds
