@@ -90,6 +90,21 @@ def test_message_kernel_equals_reference(features, n_harmonics, n_basis, threads
         torch.testing.assert_close(gradient, reference, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_message_kernel_saturated_activations_stay_finite(dtype):
+    """Pre-activations of +-1e3 (exp overflowing a float) give the reference's values."""
+    inputs, ptr, nbr, weight, linear, gate = random_edges(19, 7, 16, 6, 3)
+    inputs = [None if x is None else (300.0 * x).to(dtype) for x in inputs]
+    weight, linear, gate = weight.to(dtype), linear.to(dtype), gate.to(dtype)
+    outputs = fused.edge_sums(*inputs, ptr, nbr, weight, linear, gate)
+    references = reference_edge_sums(*inputs, ptr, nbr, weight, linear, gate)
+    for output, reference in zip(outputs, references, strict=True):
+        assert torch.isfinite(output).all()
+        scale = float(reference.abs().max())
+        tolerance = 1e-12 if dtype == F64 else 1e-5
+        torch.testing.assert_close(output, reference, rtol=0, atol=tolerance * scale)
+
+
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
 @pytest.mark.parametrize("p", [5, 6])
 def test_geometry_kernel_equals_the_modules(order, p):
