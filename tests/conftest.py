@@ -65,6 +65,20 @@ MODEL_CONFIGS = {
         "none",
         {"features": 16, "num_layers": 2, "coordinate_updates": False},
     ),
+    # the training preset's layout (angular channels, fixed coordinates): on a CPU, inference
+    # runs its edge sums in the fused kernels (mlff.potentials.fused)
+    "egnn-preset": (
+        "egnn",
+        "none",
+        {
+            "features": 16,
+            "num_layers": 2,
+            "angular_channels": 4,
+            "angular_order": 3,
+            "layer_readouts": True,
+            "coordinate_updates": False,
+        },
+    ),
 }
 
 
@@ -94,7 +108,10 @@ def model_name(request) -> str:
 
 @pytest.fixture
 def model(model_name):
-    return tiny_model(model_name)
+    """The tiny model with frozen weights, as the calculator and the engines run it: on a CPU an
+    EGNN with fixed coordinates then evaluates through the fused kernels (tiny_model itself keeps
+    trainable weights, the op-by-op reference path)."""
+    return tiny_model(model_name).requires_grad_(False)
 
 
 def ethanol() -> Atoms:

@@ -209,3 +209,29 @@ def test_without_a_compiler_the_reference_path_runs(monkeypatch, tmp_path):
         monkeypatch.undo()
         kernels.library.cache_clear()
     assert kernels.library() is not None
+
+
+def test_the_calculator_runs_the_training_preset_through_the_kernels(monkeypatch):
+    """The physics suite's preset EGNN ("egnn-preset") takes the fused path through
+    MLFFCalculator, with the reference path's energies, forces and stress."""
+    from mlff import MLFFCalculator
+    from tests.conftest import ethanol, tiny_model, triclinic_cell
+
+    calls = []
+    original = fused.edge_sums
+    monkeypatch.setattr(fused, "edge_sums", lambda *a: (calls.append(1), original(*a))[1])
+    calculator = MLFFCalculator(tiny_model("egnn-preset"), dtype="float64", compile="none")
+    for atoms in (ethanol(), triclinic_cell()):
+        atoms.calc = calculator
+        properties = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
+        calculator.calculate(atoms, properties)
+        fast = {key: calculator.results[key] for key in properties}
+        calculator.model.potential.use_fused = False
+        calculator.calculate(atoms, properties)
+        calculator.model.potential.use_fused = True
+        for key in properties:
+            torch.testing.assert_close(
+                torch.as_tensor(fast[key]), torch.as_tensor(calculator.results[key]),
+                rtol=1e-10, atol=1e-12,
+            )  # fmt: skip
+    assert calls

@@ -22,7 +22,8 @@ def model():
     options.update(features=16, angular_channels=4)  # small, same structure
     torch.manual_seed(0)
     built = build_model("egnn", elements=["H", "C", "O"], cutoff=4.0, **options)
-    yield randomise(built.double(), seed=1).eval()
+    # frozen, as inference runs it (on a CPU: the fused kernels)
+    yield randomise(built.double(), seed=1).eval().requires_grad_(False)
     torch.set_num_threads(threads)
 
 
