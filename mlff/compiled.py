@@ -14,10 +14,10 @@ tensor comes back), its edges sorted by centre, and the block slots as graph inp
 as a symbolic size: the traced graph sums over neighbours with batched matmuls. Otherwise the
 model lays its edges out without reading them on the host (the per-edge layout,
 :attr:`~mlff.potentials.egnn.EGNN.traceable`). Either way one graph is right for every edge
-list of its kind. Large structures (above the EGNN's chunking threshold, where eager evaluation
-bounds its memory by activation checkpointing), empty edge lists and training
-(``create_graph``) stay eager. Eager mode is the reference; ``tests/test_compiled.py`` checks
-both layouts agree with it to round-off.
+list of its kind. Calls from :data:`MIN_FUSED_EDGES` edges on where the EGNN's fused CPU
+kernels apply (faster eagerly), large structures (above the EGNN's chunking threshold), empty
+edge lists and training (``create_graph``) stay eager. Eager mode is the reference;
+``tests/test_compiled.py`` checks both layouts agree with it to round-off.
 
 Scatters: the backward pass of every gather of neighbour features is a scatter-add. Inductor
 fuses it into its loops as atomic adds, which on a CPU cost more than the rest of those loops
