@@ -98,6 +98,20 @@ inline T dot(const T* a, const T* b) {
   return sum;
 }
 
+// out[r] += sum_k in(r, k) * weights[k] for the kRows rows of a tile: weights (K, F) row-major,
+// in(r, k) the row's k-th input. The rows' accumulators stay in registers over k.
+template <typename T, int F, typename Input>
+inline void add_row_products(T (&out)[kRows][F], const T* weights, int K, Input in) {
+  for (int k = 0; k < K; ++k) {
+    const T* wk = weights + static_cast<int64_t>(k) * F;
+    for (int r = 0; r < kRows; ++r) {
+      T a = in(r, k);
+#pragma omp simd
+      for (int f = 0; f < F; ++f) out[r][f] += a * wk[f];
+    }
+  }
+}
+
 // pre, x = silu(pre), z, u = silu(z), their sigmoids and the gate s of `rows` (<= kRows) edges
 // starting at edge e of a centre atom whose first-layer part is c_i. Rows past `rows` repeat the
 // last edge (their results are not used).
@@ -124,14 +138,7 @@ struct Tile {
 #pragma omp simd
       for (int f = 0; f < F; ++f) pre[r][f] = c_i[f] + nbj[r][f];
     }
-    for (int b = 0; b < w.B; ++b) {
-      const T* wr = w.WrT + static_cast<int64_t>(b) * F;
-      for (int r = 0; r < kRows; ++r) {
-        T a = rad_r[r][b];
-#pragma omp simd
-        for (int f = 0; f < F; ++f) pre[r][f] += a * wr[f];
-      }
-    }
+    add_row_products<T, F>(pre, w.WrT, w.B, [&](int r, int b) { return rad_r[r][b]; });
     T x[kRows][F];
     for (int r = 0; r < kRows; ++r) {
 #pragma omp simd
@@ -141,14 +148,7 @@ struct Tile {
         z[r][f] = w.b2[f];
       }
     }
-    for (int k = 0; k < F; ++k) {
-      const T* wk = w.W2T + static_cast<int64_t>(k) * F;
-      for (int r = 0; r < kRows; ++r) {
-        T a = x[r][k];
-#pragma omp simd
-        for (int f = 0; f < F; ++f) z[r][f] += a * wk[f];
-      }
-    }
+    add_row_products<T, F>(z, w.W2T, F, [&](int r, int k) { return x[r][k]; });
     for (int r = 0; r < kRows; ++r) {
 #pragma omp simd
       for (int f = 0; f < F; ++f) {
@@ -281,14 +281,7 @@ void backward(int64_t first, int64_t end, const int64_t* ptr, const int64_t* nbr
           gx[r][f] = T(0);
         }
       }
-      for (int o = 0; o < F; ++o) {
-        const T* wo = w.W2 + static_cast<int64_t>(o) * F;
-        for (int r = 0; r < kRows; ++r) {
-          T a = gz[r][o];
-#pragma omp simd
-          for (int f = 0; f < F; ++f) gx[r][f] += a * wo[f];
-        }
-      }
+      add_row_products<T, F>(gx, w.W2, F, [&](int r, int o) { return gz[r][o]; });
       T gpre[kRows][F];
       for (int r = 0; r < kRows; ++r) {
 #pragma omp simd

@@ -55,6 +55,21 @@ def random_edges(n_atoms: int, n_neighbours: int, features: int, n_basis: int, n
     return inputs, ptr, nbr, weight, linear, gate
 
 
+def compare_and_probe(outputs, references, atol: float):
+    """Assert each output equals its reference (both None, or close to ``atol``); return the
+    two losses ``sum(output * probe)`` over the outputs, one random probe per output."""
+    loss, reference_loss = 0.0, 0.0
+    for output, reference in zip(outputs, references, strict=True):
+        if reference is None:
+            assert output is None
+            continue
+        torch.testing.assert_close(output, reference, rtol=0, atol=atol)
+        probe = torch.randn_like(reference)
+        loss = loss + (output * probe).sum()
+        reference_loss = reference_loss + (reference * probe).sum()
+    return loss, reference_loss
+
+
 @pytest.mark.parametrize("features", fused.FEATURES)
 @pytest.mark.parametrize("n_harmonics", [0, 3, 15])
 @pytest.mark.parametrize("n_basis", [6, 20])  # 20: past the kernel's small-product width
@@ -70,17 +85,7 @@ def test_message_kernel_equals_reference(features, n_harmonics, n_basis, threads
     finally:
         torch.set_num_threads(previous)
     references = reference_edge_sums(*expected, ptr, nbr, weight, linear, gate)
-    loss, reference_loss = 0.0, 0.0
-    for output, reference in zip(outputs, references, strict=True):
-        if reference is None:
-            assert output is None
-            continue
-        torch.testing.assert_close(output, reference, rtol=0, atol=1e-12)
-        probe = torch.randn_like(reference)
-        loss, reference_loss = (
-            loss + (output * probe).sum(),
-            reference_loss + (reference * probe).sum(),
-        )
+    loss, reference_loss = compare_and_probe(outputs, references, atol=1e-12)
     used = [x for x in given if x is not None]
     gradients = torch.autograd.grad(loss, used)
     reference_gradients = torch.autograd.grad(
@@ -122,17 +127,7 @@ def test_geometry_kernel_equals_the_modules(order, p):
     unit = expected[0] / expected[1][:, None]
     references.append(real_harmonics(unit, order, matrix) if order else None)
     assert outputs[1][lengths >= CUTOFF].eq(0).all()
-    loss, reference_loss = 0.0, 0.0
-    for output, reference in zip(outputs, references, strict=True):
-        if reference is None:
-            assert output is None
-            continue
-        torch.testing.assert_close(output, reference, rtol=0, atol=1e-13)
-        probe = torch.randn_like(reference)
-        loss, reference_loss = (
-            loss + (output * probe).sum(),
-            reference_loss + (reference * probe).sum(),
-        )
+    loss, reference_loss = compare_and_probe(outputs, references, atol=1e-13)
     gradients = torch.autograd.grad(loss, given)
     reference_gradients = torch.autograd.grad(reference_loss, expected, allow_unused=True)
     for gradient, reference in zip(gradients, reference_gradients, strict=True):
