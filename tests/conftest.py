@@ -65,21 +65,14 @@ MODEL_CONFIGS = {
         "none",
         {"features": 16, "num_layers": 2, "coordinate_updates": False},
     ),
-    # the training preset's layout (angular channels, fixed coordinates): on a CPU, inference
-    # runs its edge sums in the fused kernels (mlff.potentials.fused)
-    "egnn-preset": (
-        "egnn",
-        "none",
-        {
-            "features": 16,
-            "num_layers": 2,
-            "angular_channels": 4,
-            "angular_order": 3,
-            "layer_readouts": True,
-            "coordinate_updates": False,
-        },
-    ),
 }
+# the training preset's layout (angular channels, fixed coordinates): on a CPU, inference runs
+# its edge sums in the fused kernels (mlff.potentials.fused)
+MODEL_CONFIGS["egnn-preset"] = (
+    "egnn",
+    "none",
+    {**MODEL_CONFIGS["egnn-angular"][2], "coordinate_updates": False},
+)
 
 
 def randomise(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
