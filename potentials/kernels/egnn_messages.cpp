@@ -77,17 +77,9 @@ inline double exp_vec(double x) {
   return p * __builtin_bit_cast(double, (static_cast<int64_t>(n) + 1023) << 52);
 }
 
-inline float sigmoid(float v) { return 1.0f / (1.0f + exp_vec(-v)); }
-
-// In double, 1 / d is a float's (fast) reciprocal refined by two Newton steps: double division
-// is the slowest vector instruction, about as costly as the message matmul in this kernel. v is
-// clamped at -80 so that d stays a finite float (sigmoid(-80) = 1.8e-35: an absolute change
-// below 1e-33 in silu, none in the sums)
-inline double sigmoid(double v) {
-  double d = 1.0 + exp_vec(-std::max(v, -80.0));
-  double r = static_cast<double>(1.0f / static_cast<float>(d));
-  r = r * (2.0 - d * r);
-  return r * (2.0 - d * r);
+template <typename T>
+inline T sigmoid(T v) {
+  return T(1) / (T(1) + exp_vec(-v));
 }
 
 template <typename T, int F>
@@ -99,16 +91,28 @@ inline T dot(const T* a, const T* b) {
 }
 
 // out[r] += sum_k in(r, k) * weights[k] for the kRows rows of a tile: weights (K, F) row-major,
-// in(r, k) the row's k-th input. The rows' accumulators stay in registers over k.
+// in(r, k) the row's k-th input. Rows go in groups whose accumulators fit in 16 of the 32
+// 512-bit registers (all four rows in float up to F = 64, two in double), which stay there
+// over k: more would spill every step.
 template <typename T, int F, typename Input>
 inline void add_row_products(T (&out)[kRows][F], const T* weights, int K, Input in) {
-  for (int k = 0; k < K; ++k) {
-    const T* wk = weights + static_cast<int64_t>(k) * F;
-    for (int r = 0; r < kRows; ++r) {
-      T a = in(r, k);
+  constexpr int kVectors = (F * static_cast<int>(sizeof(T)) + 63) / 64;  // registers per row
+  constexpr int kGroup = std::max(1, std::min(kRows, 16 / kVectors));
+  static_assert(kRows % kGroup == 0, "row groups tile the rows");
+  for (int r0 = 0; r0 < kRows; r0 += kGroup) {
+    T acc[kGroup][F];  // local: the compiler can keep it in registers (out may alias weights)
+    for (int r = 0; r < kGroup; ++r)
+      for (int f = 0; f < F; ++f) acc[r][f] = out[r0 + r][f];
+    for (int k = 0; k < K; ++k) {
+      const T* wk = weights + static_cast<int64_t>(k) * F;
+      for (int r = 0; r < kGroup; ++r) {
+        T a = in(r0 + r, k);
 #pragma omp simd
-      for (int f = 0; f < F; ++f) out[r][f] += a * wk[f];
+        for (int f = 0; f < F; ++f) acc[r][f] += a * wk[f];
+      }
     }
+    for (int r = 0; r < kGroup; ++r)
+      for (int f = 0; f < F; ++f) out[r0 + r][f] = acc[r][f];
   }
 }
 
