@@ -130,7 +130,8 @@ void backward(int64_t first, int64_t end, const T* vec, const T* len, const Geom
     }
     for (int k = 0; k < g.n_basis; ++k) {
       double w = g.frequencies[k], gr[kLanes];
-      for (int l = 0; l < kLanes; ++l) gr[l] = l < lanes ? double(g_rad[(e0 + l) * g.n_basis + k]) : 0.0;
+      for (int l = 0; l < kLanes; ++l)
+        gr[l] = l < lanes ? double(g_rad[(e0 + l) * g.n_basis + k]) : 0.0;
 #pragma omp simd
       for (int l = 0; l < kLanes; ++l) {
         double s, c;
@@ -204,7 +205,8 @@ static inline int omp_thread() { return omp_get_thread_num(); }
       int64_t n_edges, int n_parts, const T* vec, const T* len, int n_basis,                    \
       const double* frequencies, double cutoff, double prefactor, int p, int order, int M,      \
       int n_terms, const int64_t* terms, const double* coefficients, T* rad, T* env, T* Y) {    \
-    Geometry g{n_basis, frequencies, cutoff, prefactor, p, order, M, n_terms, terms, coefficients}; \
+    Geometry g{n_basis, frequencies, cutoff,  prefactor,                                        \
+               p,       order,       M,      n_terms, terms, coefficients};                    \
     MLFF_GEOMETRY_PARALLEL((forward<T>(first, end, vec, len, g, rad, env, Y)))                  \
     return 0;                                                                                   \
   }                                                                                             \
@@ -213,7 +215,8 @@ static inline int omp_thread() { return omp_get_thread_num(); }
       const double* frequencies, double cutoff, double prefactor, int p, int order, int M,      \
       int n_terms, const int64_t* terms, const double* coefficients, const T* g_rad,            \
       const T* g_env, const T* g_Y, T* g_vec, T* g_len) {                                       \
-    Geometry g{n_basis, frequencies, cutoff, prefactor, p, order, M, n_terms, terms, coefficients}; \
+    Geometry g{n_basis, frequencies, cutoff,  prefactor,                                        \
+               p,       order,       M,      n_terms, terms, coefficients};                    \
     MLFF_GEOMETRY_PARALLEL((backward<T>(first, end, vec, len, g, g_rad, g_env, g_Y, g_vec,      \
                                         g_len)))                                                \
     return 0;                                                                                   \

@@ -41,9 +41,10 @@ struct Weights {
   int M;         // harmonics (0: no direction sums)
 };
 
-// exp(x) to about one unit in the last place, written so that the compiler vectorises the loops
-// that call it (no libm call): x = n ln2 + r with |r| <= ln2 / 2, a Taylor polynomial of r, and
-// 2^n put into the exponent bits. x is clamped to where exp(x) stays a finite normal number.
+// exp(x) in float to about one unit in the last place, written so that the compiler vectorises
+// the loops that call it (no libm call): x = n ln2 + r with |r| <= ln2 / 2, a Taylor polynomial
+// of r, and 2^n put into the exponent bits. x is clamped to where exp(x) stays a finite normal
+// number.
 inline float exp_vec(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   float n = std::floor(x * 1.44269504088896341f + 0.5f);
@@ -60,26 +61,22 @@ inline float exp_vec(float x) {
   return p * __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
 }
 
-inline double exp_vec(double x) {
-  x = std::min(std::max(x, -700.0), 700.0);
+inline float sigmoid(float v) { return 1.0f / (1.0f + exp_vec(-v)); }
+
+// In double, exp(-v) = 2^n P(r) / Q(r) with the [6/6] Pade approximant of exp on
+// |r| <= ln2 / 2 (error below 1e-18). P and Q share their even and odd parts, so
+// sigmoid = Q / (Q + 2^n P) costs seven multiply-adds and the one division, where a Taylor
+// series as in the float exp needs thirteen terms (timed alone: 10 % off the double kernel)
+inline double sigmoid(double v) {
+  double x = std::min(std::max(-v, -700.0), 700.0);
   double n = std::floor(x * 1.44269504088896340736 + 0.5);
   double r = x - n * 0.693147180369123816490 - n * 1.90821492927058770002e-10;
-  // Taylor terms 1/k!, k = 14 .. 2, then 1 + r (|r| <= 0.347: the error is below 1e-17)
-  constexpr double inverse_factorials[] = {
-      1.0 / 87178291200.0, 1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
-      1.0 / 3628800.0,     1.0 / 362880.0,     1.0 / 40320.0,      1.0 / 5040.0,
-      1.0 / 720.0,         1.0 / 120.0,        1.0 / 24.0,         1.0 / 6.0,
-      0.5};
-  double p = inverse_factorials[0];
-  for (int k = 1; k < 13; ++k) p = p * r + inverse_factorials[k];
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  return p * __builtin_bit_cast(double, (static_cast<int64_t>(n) + 1023) << 52);
-}
-
-template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + exp_vec(-v));
+  double r2 = r * r;
+  double even = 1.0 + r2 * (5.0 / 44.0 + r2 * (1.0 / 792.0 + r2 * (1.0 / 665280.0)));
+  double odd = r * (0.5 + r2 * (1.0 / 66.0 + r2 * (1.0 / 15840.0)));
+  double scale = __builtin_bit_cast(double, (static_cast<int64_t>(n) + 1023) << 52);
+  double q = even - odd;
+  return q / (q + scale * (even + odd));
 }
 
 template <typename T, int F>
@@ -368,7 +365,7 @@ Weights<T> weights(const T* WrT, const T* W2T, const T* W2, const T* b2, const T
   extern "C" int mlff_messages_backward_##SUFFIX(                                                \
       const int64_t* cuts, int n_parts, const int64_t* ptr, const int64_t* nbr, int F, int B,    \
       int M, const T* c, const T* nb, const T* rad, const T* env, const T* Y, const T* WrT,      \
-      const T* W2T, const T* W2, const T* b2, const T* g, const T* gb, const T* g_agg,              \
+      const T* W2T, const T* W2, const T* b2, const T* g, const T* gb, const T* g_agg,          \
       const T* g_dens, T* g_c, int64_t n_rows, T* g_nb, T* g_rad, T* g_env, T* g_Y) {           \
     Weights<T> w = weights<T>(WrT, W2T, W2, b2, g, gb, B, M);                                    \
     MLFF_DISPATCH(F, (backward<T, kF>(first, end, ptr, nbr, c, nb, rad, env, Y, w, g_agg,        \
