@@ -60,8 +60,9 @@ MAX_EGNN_COMPILED_EDGES = 4096
 MIN_COMPILED_BLOCK_EDGES = 1024
 # from this many edges an EGNN whose edge sums run in the fused CPU kernels
 # (mlff.potentials.fused) evaluates faster eagerly than compiled: the graph then stays eager
-# (benchmarks/compiled_crossover.py: eager over compiled 1.04 at Cu-108, 4,614 edges, and 0.78
-# at Cu-256, 10,964 edges, on the 2-core CPU; docs/measurements.md, "2026-12-06 (ninth session)")
+# (benchmarks/compiled_crossover.py on the 2-core CPU, eager over compiled: 0.94 and 1.04 at
+# Cu-108, 4,614 edges, in two runs; 0.87 and 0.78 at Cu-256, 10,964 edges; docs/measurements.md,
+# "2026-12-06 (ninth session)")
 MIN_FUSED_EDGES = 8192
 # `--compile auto` compiles runs of at least this many steps. Compiling costs about 35 s on the
 # 2-core CPU the first time (about 5 s once inductor's disk cache holds the kernels) and the
