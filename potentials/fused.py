@@ -63,7 +63,8 @@ def _address(tensor: torch.Tensor | None) -> int | None:
 
 def _check(code: int) -> None:
     if code:
-        raise RuntimeError("mlff fused kernel: unsupported feature width")
+        what = {1: "feature width", 2: "number of harmonics (at most 16)"}.get(code, "input")
+        raise RuntimeError(f"mlff fused kernel: unsupported {what}")
 
 
 class _Weights:
@@ -159,6 +160,10 @@ def edge_sums(
     contiguous = [t if t is None else t.contiguous() for t in (centre, neighbour, radial,
                   envelope, harmonics)]  # fmt: skip
     weights = _Weights(radial_weight, linear, gate)
+    # the kernel reads raw memory: every float in one dtype, indices as int64
+    floats = [t for t in contiguous if t is not None] + [weights.W2, weights.WrT, weights.gb]
+    if any(t.dtype != centre.dtype for t in floats) or {ptr.dtype, nbr.dtype} != {torch.long}:
+        raise TypeError("mlff fused kernel: mixed dtypes or non-int64 indices")
     outputs = _FusedEdgeSums.apply(*contiguous, ptr.contiguous(), nbr.contiguous(), weights)
     return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 

@@ -329,6 +329,7 @@ Weights<T> weights(const T* WrT, const T* W2T, const T* W2, const T* b2, const T
   }
 
 #define MLFF_DISPATCH(F, CALL) \
+  if (M > kHarmonics) return 2; \
   switch (F) {                 \
     case 16: {                 \
       constexpr int kF = 16;   \

@@ -230,3 +230,13 @@ def test_the_calculator_runs_the_training_preset_through_the_kernels(monkeypatch
                 rtol=1e-10, atol=1e-12,
             )  # fmt: skip
     assert calls
+
+
+def test_mixed_dtypes_are_refused_before_the_kernel_reads_memory():
+    inputs, ptr, nbr, weight, linear, gate = random_edges(11, 5, 16, 6, 3)
+    inputs[2] = inputs[2].float()  # float32 radial features among float64 tensors
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        fused.edge_sums(*inputs, ptr, nbr, weight, linear, gate)
+    inputs, ptr, nbr, weight, linear, gate = random_edges(11, 5, 16, 6, 3)
+    with pytest.raises(TypeError, match="int64"):
+        fused.edge_sums(*inputs, ptr.int(), nbr, weight, linear, gate)
