@@ -31,6 +31,8 @@ class NeighbourBlocks:
     width:  the largest neighbour count (block width), >= 1.
     chunks: ``[(first_atom, end_atom, first_edge, end_edge), ...]`` covering all atoms and all
             sorted edges, each with at most ``max_edges`` edges unless one atom alone has more.
+    offsets: (n_atoms + 1,) long, where each centre's sorted edges start, then n_edges (CSR
+            offsets); None where the layout was not read from the edges.
     """
 
     order: torch.Tensor | None
@@ -38,6 +40,7 @@ class NeighbourBlocks:
     width: int
     n_atoms: int
     chunks: tuple[tuple[int, int, int, int], ...]
+    offsets: torch.Tensor | None = None
 
     @classmethod
     def single_chunk(cls, n_atoms: int, n_edges: int) -> NeighbourBlocks:
@@ -68,10 +71,11 @@ def build_blocks(edge_index: torch.Tensor, n_atoms: int, max_edges: int) -> Neig
     already_sorted = n_edges < 2 or bool((centre[1:] >= centre[:-1]).all())
     order = None if already_sorted else torch.argsort(centre, stable=True)
     sorted_centre = centre if order is None else centre[order]
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n_edges, device=device) - starts[sorted_centre]
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    rank = torch.arange(n_edges, device=device) - offsets[:-1][sorted_centre]
     slot = sorted_centre * width + rank
-    return NeighbourBlocks(order, slot, width, n_atoms, _chunks(host_counts, max_edges))
+    chunks = _chunks(host_counts, max_edges)
+    return NeighbourBlocks(order, slot, width, n_atoms, chunks, offsets)
 
 
 def _chunks(counts: torch.Tensor, max_edges: int) -> tuple[tuple[int, int, int, int], ...]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from . import fused, kernels
+from .blocks import NeighbourBlocks
 
 
 def fused_applies(egnn, dtype: torch.dtype, device: torch.device) -> bool:
@@ -41,11 +42,11 @@ def fused_layers(
     edge_index: torch.Tensor,
     edge_vectors: torch.Tensor,
     edge_lengths: torch.Tensor,
-    blocks=None,
+    blocks: NeighbourBlocks,
 ) -> Iterator[torch.Tensor]:
     """Yield ``h`` (n_atoms, F) after each of ``egnn``'s layers; edges (2, n_edges) sorted by
-    centre, vectors (n_edges, 3) and lengths (n_edges,) in Å (``blocks``: unused, the
-    signature of the EGNN's other layer loops)."""
+    centre, vectors (n_edges, 3) and lengths (n_edges,) in Å; ``blocks``: their layout as
+    :meth:`~.egnn.EGNN.forward` read it (its CSR ``offsets``)."""
     radial, envelope, harmonics = fused.edge_geometry(
         edge_vectors,
         edge_lengths,
@@ -55,8 +56,8 @@ def fused_layers(
     )
     if edge_features is not None:
         radial = torch.cat([radial, edge_features], dim=-1)
-    counts = torch.bincount(edge_index[0], minlength=h.shape[0])
-    ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    ptr = blocks.offsets
+    cuts = fused.thread_ranges(ptr)  # the same for every layer
     neighbour = edge_index[1].contiguous()
     for layer in egnn.layers:
         aggregated, summed = fused.edge_sums(
@@ -70,6 +71,7 @@ def fused_layers(
             layer.radial_linear.weight,
             layer.message_mlp[1],
             layer.gate,
+            cuts,
         )
         scale = egnn.inv_avg_neighbors
         angular = None

@@ -47,10 +47,12 @@ def reference_only() -> bool:
     return _REFERENCE_ONLY.get()
 
 
-def _cuts(ptr: torch.Tensor, parts: int) -> torch.Tensor:
-    """(parts + 1,) bounds of ``parts`` consecutive centre-atom ranges with about equal edges
-    (``ptr``: CSR offsets), one per thread; some may be empty. Tensor ops only: nothing is read
-    back as a Python number (the batched MD engines' steps forbid that)."""
+def thread_ranges(ptr: torch.Tensor, parts: int | None = None) -> torch.Tensor:
+    """(parts + 1,) bounds of ``parts`` (default ``torch.get_num_threads()``) consecutive
+    centre-atom ranges with about equal edges (``ptr``: CSR offsets), one per thread; some may
+    be empty. Tensor ops only: nothing is read back as a Python number (the batched MD engines'
+    steps forbid that)."""
+    parts = max(1, torch.get_num_threads()) if parts is None else parts
     n_atoms = len(ptr) - 1
     fractions = torch.arange(1, parts, dtype=torch.float64) / parts
     inner = torch.searchsorted(ptr, (fractions * ptr[-1]).to(ptr.dtype)).clamp_(0, n_atoms)
@@ -85,12 +87,11 @@ class _Weights:
 
 class _FusedEdgeSums(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, centre, neighbour, radial, envelope, harmonics, ptr, nbr, weights):
+    def forward(ctx, centre, neighbour, radial, envelope, harmonics, ptr, nbr, weights, cuts):
         n, features = centre.shape
         n_harmonics = 0 if harmonics is None else harmonics.shape[1]
         aggregated = centre.new_empty((n, features))
         summed = centre.new_empty((n, n_harmonics, features)) if n_harmonics else None
-        cuts = _cuts(ptr, max(1, torch.get_num_threads()))
         kernel = getattr(library(), f"mlff_messages_forward_{SUFFIX[centre.dtype]}")
         _check(kernel(cuts.data_ptr(), len(cuts) - 1,
                       *_inputs(centre, neighbour, radial, envelope, harmonics, ptr, nbr, weights),
@@ -125,7 +126,7 @@ class _FusedEdgeSums(torch.autograd.Function):
                       grad_envelope.data_ptr(), _address(grad_harmonics)))  # fmt: skip
         grad_neighbour = grad_neighbour.sum(0) if parts > 1 else grad_neighbour[0]
         return (grad_centre, grad_neighbour, grad_radial, grad_envelope, grad_harmonics,
-                None, None, None)  # fmt: skip
+                None, None, None, None)  # fmt: skip
 
 
 def _inputs(centre, neighbour, radial, envelope, harmonics, ptr, nbr, weights) -> list:
@@ -147,6 +148,7 @@ def edge_sums(
     radial_weight: torch.Tensor,
     linear: torch.nn.Linear,
     gate: torch.nn.Linear,
+    cuts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Unnormalised edge sums of one EGNN layer, edges sorted by centre.
 
@@ -154,8 +156,9 @@ def edge_sums(
     ``h_j`` blocks per atom; ``radial`` (e, B): the radial features (Bessel basis and pair
     features) whose block is ``radial_weight`` (F, B); ``envelope`` (e,); ``harmonics`` (e, M) or
     None; ``ptr`` (n + 1,) CSR offsets of each centre's edges and ``nbr`` (e,) their neighbours
-    (long, on the CPU); ``linear``/``gate``: the second message layer and the gate. Returns the
-    sum of the messages per centre (n, F) and their sums along the harmonics (n, M, F) or None.
+    (long, on the CPU); ``linear``/``gate``: the second message layer and the gate; ``cuts``:
+    :func:`thread_ranges` of ``ptr`` (made here when None). Returns the sum of the messages per
+    centre (n, F) and their sums along the harmonics (n, M, F) or None.
     """
     contiguous = [t if t is None else t.contiguous() for t in (centre, neighbour, radial,
                   envelope, harmonics)]  # fmt: skip
@@ -164,7 +167,8 @@ def edge_sums(
     floats = [t for t in contiguous if t is not None] + [weights.W2, weights.WrT, weights.gb]
     if any(t.dtype != centre.dtype for t in floats) or {ptr.dtype, nbr.dtype} != {torch.long}:
         raise TypeError("mlff fused kernel: mixed dtypes or non-int64 indices")
-    outputs = _FusedEdgeSums.apply(*contiguous, ptr.contiguous(), nbr.contiguous(), weights)
+    cuts = thread_ranges(ptr) if cuts is None else cuts
+    outputs = _FusedEdgeSums.apply(*contiguous, ptr.contiguous(), nbr.contiguous(), weights, cuts)
     return outputs[0], (outputs[1] if len(outputs) > 1 else None)
 
 
