@@ -231,7 +231,11 @@ def main() -> None:
             # counted on the op-by-op reference path: a dispatch mode can watch neither a
             # compiled graph nor the fused CPU kernels (the same matrix products; the fused
             # backward pass recomputes the forward's, which is not counted)
-            counting = MLFFCalculator(model, args.device, dtype, compile="none")
+            counting = (
+                calc
+                if args.compile == "none"
+                else MLFFCalculator(model, args.device, dtype, compile="none")
+            )
             with reference_path():
                 flops, by_op = count_flops(atoms, counting)
             if dtype not in gemm:

@@ -22,6 +22,7 @@ import time
 
 import torch
 from ase.build import bulk, molecule
+from mlff.potentials.fused import reference_path
 
 from mlff import build_model
 from mlff.compiled import compile_model, compiled_forces
@@ -80,9 +81,8 @@ def main() -> None:
             "eager_ms": median_ms(lambda: evaluate(model, graph), repeats),  # noqa: B023
             "compiled_ms": median_ms(lambda: compiled(*inputs), repeats),  # noqa: B023
         }
-        model.potential.use_fused = False
-        row["eager_reference_ms"] = median_ms(lambda: evaluate(model, graph), repeats)  # noqa: B023
-        model.potential.use_fused = True
+        with reference_path():
+            row["eager_reference_ms"] = median_ms(lambda: evaluate(model, graph), repeats)  # noqa: B023
         rows.append(row)
         print(
             f"{name:<9} {row['edges']:>7} edges  eager {row['eager_ms']:8.2f} ms  "
